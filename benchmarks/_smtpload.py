@@ -1,0 +1,335 @@
+"""A small, efficient SMTP load client for the accept benchmark.
+
+The client speaks plain SMTP over ``asyncio`` streams: one task per connection,
+``EHLO`` once, then ``MAIL``/``RCPT``/``DATA`` repeated on the same session
+(no ``RSET`` on the happy path, no pipelining).  It is deliberately lean
+because it shares the CPU with the server under test.
+
+Public pieces:
+
+* :class:`MessageTemplate` -- a message pre-built once per size; ``render(seq)``
+  splices a unique ``Message-ID`` into the pre-built bytes.  A future "checks
+  on" mode can supply any other object with the same ``size`` / ``render``
+  interface (e.g. pre-signed DKIM messages).
+* :func:`run_load` -- drive one address with N connections for M transactions
+  and return a :class:`Result` (accepted count, errors, latencies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import ipaddress
+import itertools
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Address = tuple[str, int]
+
+MAIL_FROM = "bench@sender.test"
+RCPT_TO = "user@bench.test"
+EHLO_NAME = "client.bench.test"
+REPLY_TIMEOUT = 30.0
+"""Seconds to wait for any single server reply before the transaction counts as an error."""
+
+_LOREM = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore "
+    "et dolore magna aliqua enim ad minim veniam quis nostrud exercitation ullamco laboris nisi aliquip "
+    "ex ea commodo consequat duis aute irure in reprehenderit voluptate velit esse cillum fugiat nulla "
+    "pariatur excepteur sint occaecat cupidatat non proident sunt culpa qui officia deserunt mollit anim"
+)
+_WORDS = _LOREM.split()
+_MAX_LINE = 78
+_UNIQUE = itertools.count(int(time.time()))
+"""Process-wide counter that keeps Message-IDs unique across warm-up and measured runs."""
+
+
+class SmtpProtocolError(Exception):
+    """The server broke the conversation (closed, timed out, or sent garbage)."""
+
+
+class MessageSource(Protocol):
+    """Anything :func:`run_load` can send: a nominal size and per-transaction bytes."""
+
+    @property
+    def size(self) -> int:
+        """Nominal message size in bytes (headers included, before dot-stuffing)."""
+        ...
+
+    def render(self, seq: int) -> bytes:
+        """Return the complete, dot-stuffed DATA payload ending with ``CRLF.CRLF``."""
+        ...
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _body_lines(rng: random.Random, target: int) -> list[bytes]:
+    """Return printable body lines (each <= 78 chars) totalling at least ``target`` bytes with CRLFs."""
+    lines: list[bytes] = []
+    total = 0
+    while total < target:
+        words: list[str] = []
+        length = 0
+        while True:
+            word = rng.choice(_WORDS)
+            if length + len(word) + 1 > _MAX_LINE - 2:  # leave room for a stuffed dot
+                break
+            words.append(word)
+            length += len(word) + 1
+        line = " ".join(words)
+        if rng.random() < 0.02:
+            line = "." + line  # exercise dot-stuffing
+        lines.append(line.encode("ascii"))
+        total += len(line) + 2
+    return lines
+
+
+def dot_stuff(lines: list[bytes]) -> list[bytes]:
+    """Apply RFC 5321 section 4.5.2 transparency: prefix lines starting with ``.`` with another dot."""
+    return [b"." + line if line.startswith(b".") else line for line in lines]
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A message of roughly ``size`` bytes, built once; only the Message-ID varies per send."""
+
+    size: int
+    head: bytes
+    tail: bytes
+    tag: bytes = b"bench"
+
+    @classmethod
+    def build(cls, size: int, seed: int = 1) -> MessageTemplate:
+        """Build a realistic plain-text message of about ``size`` bytes (headers included)."""
+        headers_before = (
+            f"From: Bench Sender <{MAIL_FROM}>\r\n"
+            f"To: <{RCPT_TO}>\r\n"
+            f"Subject: sesmail-gateway accept benchmark ({size} bytes)\r\n"
+            f"Date: {email.utils.formatdate(localtime=False)}\r\n"
+            "MIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n"
+            "Message-ID: "
+        ).encode("ascii")
+        headers_after = b"\r\n\r\n"  # end of Message-ID line, blank separator line
+        overhead = len(headers_before) + len(headers_after) + 40  # ~40 bytes for the Message-ID value
+        lines = _body_lines(random.Random(seed), max(size - overhead, 1))
+        body = b"\r\n".join(dot_stuff(lines)) + b"\r\n.\r\n"
+        return cls(size=size, head=headers_before, tail=headers_after + body, tag=f"s{size}".encode())
+
+    def render(self, seq: int) -> bytes:
+        """Return the DATA payload with a unique ``Message-ID`` for transaction ``seq``."""
+        msgid = b"<%d.%d.%s@client.bench.test>" % (next(_UNIQUE), seq, self.tag)
+        return b"".join((self.head, msgid, self.tail))
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    """Outcome of one :func:`run_load` call."""
+
+    attempted: int = 0
+    accepted: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    """Seconds from sending MAIL FROM to the final 250 after the DATA terminator, accepted only."""
+    errors: Counter[str] = field(default_factory=Counter)
+    """Error kind -> count, e.g. ``"DATA 451"``, ``"RCPT 550"``, ``"connection: timeout"``."""
+
+    @property
+    def error_count(self) -> int:
+        """Total number of failed transactions and connection problems."""
+        return sum(self.errors.values())
+
+    @property
+    def rate(self) -> float:
+        """Accepted messages per second of wall time."""
+        return self.accepted / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, pct: float) -> float:
+        """Nearest-rank percentile of the accept latency, in milliseconds (NaN when nothing was accepted)."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        rank = max(1, min(len(ordered), math.ceil(pct / 100.0 * len(ordered))))
+        return ordered[rank - 1] * 1000.0
+
+
+# --------------------------------------------------------------------------- SMTP session
+
+
+class _Session:
+    """One client connection; a thin layer over ``asyncio`` streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, address: Address) -> _Session:
+        """Connect, read the banner and say EHLO; raise :class:`SmtpProtocolError` on refusal."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), REPLY_TIMEOUT)
+        session = cls(reader, writer)
+        try:
+            code = await session.reply()
+            if code != 220:
+                raise SmtpProtocolError(f"banner {code}")
+            code = await session.command(b"EHLO " + EHLO_NAME.encode())
+            if code != 250:
+                raise SmtpProtocolError(f"EHLO {code}")
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    async def reply(self) -> int:
+        """Read one (possibly multi-line) reply and return its code."""
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), REPLY_TIMEOUT)
+            if len(line) < 4 or not line[:3].isdigit():
+                raise SmtpProtocolError("connection closed" if not line else f"bad reply {line[:40]!r}")
+            if line[3:4] != b"-":
+                return int(line[:3])
+
+    async def command(self, line: bytes) -> int:
+        """Send one command line and return the reply code."""
+        self.writer.write(line + b"\r\n")
+        return await self.reply()
+
+    async def transaction(self, payload: bytes) -> tuple[str, int]:
+        """Run MAIL/RCPT/DATA; return ``(stage, code)`` -- ``("DATA", 250)`` on success."""
+        code = await self.command(b"MAIL FROM:<" + MAIL_FROM.encode() + b">")
+        if code != 250:
+            return "MAIL", code
+        code = await self.command(b"RCPT TO:<" + RCPT_TO.encode() + b">")
+        if code not in (250, 251):
+            return "RCPT", code
+        code = await self.command(b"DATA")
+        if code != 354:
+            return "DATA-start", code
+        self.writer.write(payload)
+        await self.writer.drain()
+        return "DATA", await self.reply()
+
+    async def recover(self) -> bool:
+        """After a refused transaction, RSET so the session can continue; False if it cannot."""
+        try:
+            return await self.command(b"RSET") == 250
+        except (OSError, TimeoutError, SmtpProtocolError):
+            return False
+
+    async def quit(self) -> None:
+        """Say QUIT politely and close; errors are irrelevant at this point."""
+        with contextlib.suppress(OSError, TimeoutError, SmtpProtocolError):
+            await asyncio.wait_for(self.command(b"QUIT"), 5.0)
+        self.close()
+
+    def close(self) -> None:
+        """Close the transport without waiting."""
+        self.writer.close()
+
+
+# --------------------------------------------------------------------------- load driver
+
+
+class _Tickets:
+    """A shared, bounded countdown of transactions (single event loop, so no lock needed)."""
+
+    def __init__(self, count: int) -> None:
+        self.next = 0
+        self.count = count
+
+    def take(self) -> int | None:
+        """Return the next sequence number, or None when the budget is spent."""
+        if self.next >= self.count:
+            return None
+        self.next += 1
+        return self.next
+
+
+def _connection_error(exc: BaseException) -> str:
+    """Name a connection-level failure for the error table."""
+    if isinstance(exc, TimeoutError):
+        return "connection: timeout"
+    if isinstance(exc, SmtpProtocolError):
+        return f"connection: {exc}"
+    return f"connection: {type(exc).__name__}"
+
+
+async def _worker(
+    address: Address, message: MessageSource, tickets: _Tickets, result: Result,
+    clock: Callable[[], float],
+) -> None:
+    """Run transactions on one connection until the ticket budget is spent; reconnect on failure."""
+    session: _Session | None = None
+    try:
+        while (seq := tickets.take()) is not None:
+            result.attempted += 1
+            try:
+                if session is None:
+                    session = await _Session.open(address)
+                payload = message.render(seq)
+                started = clock()
+                stage, code = await session.transaction(payload)
+            except (OSError, TimeoutError, SmtpProtocolError) as exc:
+                result.errors[_connection_error(exc)] += 1
+                if session is not None:
+                    session.close()
+                session = None
+                await asyncio.sleep(0.05)  # do not spin on a dead server
+                continue
+            if stage == "DATA" and code == 250:
+                result.latencies.append(clock() - started)
+                result.accepted += 1
+                continue
+            result.errors[f"{stage} {code}"] += 1
+            if code == 421 or not await session.recover():
+                session.close()
+                session = None
+    finally:
+        if session is not None:
+            await session.quit()
+
+
+async def run_load(address: Address, message: MessageSource, connections: int, count: int) -> Result:
+    """Send ``count`` messages to ``address`` over ``connections`` concurrent sessions.
+
+    Every transaction gets exactly one outcome: accepted (final 250, latency
+    recorded) or an error counted by stage and reply code.  The caller bounds
+    the total time (e.g. with ``asyncio.timeout``).
+    """
+    check_loopback(address[0])
+    result = Result()
+    tickets = _Tickets(count)
+    clock = time.perf_counter
+    started = clock()
+    workers = [
+        asyncio.create_task(_worker(address, message, tickets, result, clock))
+        for _ in range(max(1, min(connections, count)))
+    ]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    result.seconds = clock() - started
+    return result
+
+
+def check_loopback(host: str) -> None:
+    """Refuse anything but a loopback IP literal: this benchmark never leaves the host."""
+    try:
+        ok = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"refusing non-loopback address {host!r} (use 127.0.0.1)")

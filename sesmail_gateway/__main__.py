@@ -1,0 +1,3 @@
+from sesmail_gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Composition root: config → stores → spool → runner + SMTP server; signals and sd_notify.
+
+Only this module chooses implementations (SQLite or DynamoDB, folder or S3,
+Maildir or Gmail); everything else sees the small protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+from sesmail_gateway import sdnotify
+from sesmail_gateway.archive import Archiver
+from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.config import Config, ConfigError
+from sesmail_gateway.deliver import Deliverer
+from sesmail_gateway.deliver.bounce import RuleBounce
+from sesmail_gateway.deliver.maildir import MaildirDeliverer
+from sesmail_gateway.errors import TemporaryFailure
+from sesmail_gateway.fsutil import ensure_dir
+from sesmail_gateway.message import Delivery, QueueItem
+from sesmail_gateway.metrics import Metrics, MetricsServer
+from sesmail_gateway.routes import Action, RouteStore, Rule
+from sesmail_gateway.routes.factory import open_route_store
+from sesmail_gateway.routes.records import utc_now
+from sesmail_gateway.routes.resolver import RouteResolver
+from sesmail_gateway.runner import Runner
+from sesmail_gateway.smtp.handler import GatewayHandler
+from sesmail_gateway.smtp.server import SMTPServer
+from sesmail_gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAILDIR = "mail"
+
+
+def open_archiver(config: Config) -> Archiver:
+    scheme, _, rest = config.archive.url.partition("://")
+    if scheme == "file":
+        return FolderArchiver(config.data_path(rest or "archive"))
+    raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
+
+
+class _NotConfigured:
+    """An action whose backend is not set up: defer with a clear reason, never drop."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+        raise TemporaryFailure(self.why)
+
+
+def build_deliverers(config: Config) -> Mapping[str, Deliverer]:
+    return {
+        "maildir": MaildirDeliverer(config.data_dir),
+        "bounce": RuleBounce(),
+        "forward-to-gmail": _NotConfigured("Gmail delivery is not available in this version"),
+    }
+
+
+def seed_default_route(store: RouteStore, config: Config) -> bool:
+    """On the embedded SQLite store, an empty rule table gets ``*`` → Maildir ``mail/``."""
+    if not config.rules.url.startswith("sqlite://") or store.list():
+        return False
+    now = utc_now()
+    store.put(Rule(pattern="*", actions=(Action("maildir", DEFAULT_MAILDIR),),
+                   description="catch-all seeded on first start", created_at=now, updated_at=now))
+    log.info("routes: empty rule table; seeded catch-all * -> maildir %s", DEFAULT_MAILDIR)
+    return True
+
+
+class Gateway:
+    """The daemon: everything wired together, started and stopped as one."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        ensure_dir(config.data_dir)
+        self.metrics = Metrics()
+        self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit)
+        self.metrics.track_queue(self.spool.counts)
+        self.store = open_route_store(config)
+        seed_default_route(self.store, config)
+        self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
+        self.runner = Runner(
+            spool=self.spool, archiver=open_archiver(config), deliverers=build_deliverers(config),
+            config=config.delivery, metrics=self.metrics,
+        )
+        self.handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool,
+                                      metrics=self.metrics, on_queued=self.runner.notify)
+        self.smtp = SMTPServer(config, self.handler)
+        self.metrics_server: MetricsServer | None = None
+        self._stop = asyncio.Event()
+        self.bound: list[tuple[str, int]] = []
+
+    def healthy(self) -> tuple[bool, str]:
+        if not self.smtp.listening:
+            return False, "smtp not listening"
+        if not os.access(self.spool.root / "tmp", os.W_OK):
+            return False, "spool not writable"
+        return True, f"queue {self.spool.counts()}"
+
+    async def start(self) -> None:
+        await self.runner.start()
+        self.bound = await self.smtp.start()
+        if self.config.metrics.listen:
+            self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
+            self.metrics_server.start()
+
+    def reload(self) -> None:
+        """SIGHUP: forget cached routes (and, with Gmail, re-read tokens)."""
+        self.resolver.invalidate()
+        log.info("reload: rule cache cleared")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        log.info("shutdown: draining SMTP sessions")
+        await self.smtp.drain(timeout=self.config.smtp.data_timeout)
+        await self.runner.stop()
+        if self.metrics_server:
+            self.metrics_server.stop()
+        self.store.close()
+        log.info("shutdown: done")
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        sdnotify.notify("READY=1")
+        log.info("gateway %s ready: smtp %s, data %s", self.config.gateway.hostname,
+                 ", ".join(f"{h}:{p}" for h, p in self.bound), self.config.data_dir)
+        watchdog = asyncio.create_task(self._watchdog())
+        await self._stop.wait()
+        watchdog.cancel()
+        await self.stop()
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            if self.healthy()[0]:
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def serve(config: Config) -> int:
+    asyncio.run(Gateway(config).run())
+    return 0
+

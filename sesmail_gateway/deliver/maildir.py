@@ -1,0 +1,63 @@
+"""Maildir delivery: tmp → fsync → link into new/, the one-writer-safe Maildir way.
+
+The file name is derived from the queue id and the delivery, so a retry
+after a crash finds the copy already delivered instead of writing a second.
+Quarantined mail goes to the ``.Junk`` folder (Maildir++).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import zlib
+from pathlib import Path
+
+from sesmail_gateway.errors import PermanentFailure
+from sesmail_gateway.fsutil import ensure_dir, fsync_dir, write_file
+from sesmail_gateway.message import Delivery, QueueItem
+
+JUNK = ".Junk"
+
+
+def ensure_maildir(path: Path) -> Path:
+    for sub in ("tmp", "new", "cur"):
+        ensure_dir(path / sub, 0o700)
+    return path
+
+
+class MaildirDeliverer:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.host = socket.gethostname().replace("/", "_").replace(":", "_")
+
+    def folder_for(self, item: QueueItem, delivery: Delivery) -> Path:
+        target = Path(delivery.target).expanduser()
+        if not delivery.target or ".." in target.parts:
+            raise PermanentFailure(f"bad Maildir target {delivery.target!r}")
+        root = target if target.is_absolute() else self.data_dir / target
+        return root / JUNK if item.quarantine else root
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+        folder = ensure_maildir(self.folder_for(item, delivery))
+        name = f"{int(item.created)}.{item.id}_{_slug(delivery.key)}.{self.host}"
+        if self._already_delivered(folder, name, look_in_cur=delivery.attempts > 0):
+            return
+        tmp = folder / "tmp" / name
+        write_file(tmp, message, mode=0o600)
+        os.link(tmp, folder / "new" / name)
+        os.unlink(tmp)
+        fsync_dir(folder / "new")
+
+    @staticmethod
+    def _already_delivered(folder: Path, name: str, *, look_in_cur: bool) -> bool:
+        if (folder / "new" / name).exists():
+            return True
+        if not look_in_cur:
+            return False
+        # A mail reader moves messages to cur/ and appends ":2,FLAGS"; only a retry needs the scan.
+        return any(entry.name.split(":", 1)[0] == name for entry in os.scandir(folder / "cur"))
+
+
+def _slug(key: str) -> str:
+    """A short name for the delivery that is the same in every process and run."""
+    return f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"

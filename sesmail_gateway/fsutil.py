@@ -1,0 +1,85 @@
+"""The one OS seam for durable files: write, fsync, rename, fsync the folder."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, *chunks: bytes, sync: bool = True, mode: int = 0o640) -> None:
+    """Create ``path`` holding the chunks in order; fsync it unless the caller syncs in bulk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_file(tmp, data, mode=mode)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def durable_rename(src: Path, dst: Path) -> None:
+    """Rename and make both folders' entries durable."""
+    os.rename(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def ensure_dir(path: Path, mode: int = 0o750) -> Path:
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    return path
+
+
+class FilesystemSync:
+    """Flush a whole filesystem at once with syncfs(2), where the OS has it.
+
+    One syncfs makes every file written before it durable, so many messages
+    written by concurrent sessions share one flush (group commit). Where
+    syncfs is missing, ``available`` is False and callers fsync each file.
+    """
+
+    def __init__(self, anchor: Path) -> None:
+        self._anchor = anchor
+        self._syncfs = None
+        name = ctypes.util.find_library("c")
+        if name and hasattr(os, "O_DIRECTORY"):
+            libc = ctypes.CDLL(name, use_errno=True)
+            self._syncfs = getattr(libc, "syncfs", None)
+
+    @property
+    def available(self) -> bool:
+        return self._syncfs is not None
+
+    def sync(self) -> None:
+        if self._syncfs is None:
+            raise OSError("syncfs is not available")
+        fd = os.open(self._anchor, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if self._syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)

@@ -1,0 +1,135 @@
+"""The queue item: envelope, client, verdicts, routes and per-delivery state.
+
+A queue item is stored as ``meta.json`` beside ``message.eml`` in the spool.
+Deliveries group recipients by (action, target), so two recipients routed
+to the same mailbox get one copy, and each group's state is recorded on its
+own: a restart retries only what is still pending.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+# Queue states, one spool folder each.
+INCOMING = "incoming"
+ACTIVE = "active"
+DEFERRED = "deferred"
+HELD = "held"
+DEAD = "dead"
+REJECTED = "rejected"
+STATES = (INCOMING, ACTIVE, DEFERRED, HELD, DEAD, REJECTED)
+
+
+@dataclass
+class Client:
+    ip: str = ""
+    port: int = 0
+    helo: str = ""
+    reverse_name: str = ""
+    tls: bool = False
+
+
+@dataclass
+class RecipientRoute:
+    """A recipient as accepted at RCPT, with the rule chosen for it."""
+
+    address: str
+    pattern: str = ""
+    level: str = ""
+    actions: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Delivery:
+    """One (action, target) and the recipients it carries."""
+
+    action: str
+    target: str
+    recipients: list[str]
+    status: str = PENDING
+    attempts: int = 0
+    last_error: str = ""
+    delivered_at: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.action}:{self.target}"
+
+
+@dataclass
+class QueueItem:
+    id: str
+    sender: str
+    recipients: list[RecipientRoute]
+    client: Client = field(default_factory=Client)
+    created: float = field(default_factory=time.time)
+    size: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
+    verdicts: dict[str, Any] = field(default_factory=dict)
+    quarantine: bool = False
+    archived: str = ""
+    attempts: int = 0
+    next_attempt: float = 0.0
+    reason: str = ""
+    held_account: str = ""
+    state: str = INCOMING
+
+    @property
+    def recipient_addresses(self) -> list[str]:
+        return [r.address for r in self.recipients]
+
+    def pending(self) -> list[Delivery]:
+        return [d for d in self.deliveries if d.status == PENDING]
+
+    def failed(self) -> list[Delivery]:
+        return [d for d in self.deliveries if d.status == FAILED]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueueItem:
+        values = dict(data)
+        values["client"] = Client(**values.get("client", {}))
+        values["recipients"] = [RecipientRoute(**r) for r in values.get("recipients", [])]
+        values["deliveries"] = [Delivery(**d) for d in values.get("deliveries", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def summary(self) -> dict[str, Any]:
+        """The fields ``queue list --json`` prints."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "sender": self.sender,
+            "recipients": self.recipient_addresses,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt or None,
+            "reason": self.reason,
+            "size": self.size,
+            "created": self.created,
+        }
+
+
+def plan_deliveries(recipients: list[RecipientRoute]) -> list[Delivery]:
+    """Group recipients by (action, target) in first-seen order.
+
+    ``store`` means archive only, so it yields no delivery.
+    """
+    groups: dict[tuple[str, str], Delivery] = {}
+    for recipient in recipients:
+        for action in recipient.actions:
+            kind, target = action.get("type", ""), action.get("target", "")
+            if kind == "store":
+                continue
+            group = groups.setdefault((kind, target), Delivery(action=kind, target=target, recipients=[]))
+            if recipient.address not in group.recipients:
+                group.recipients.append(recipient.address)
+    return list(groups.values())

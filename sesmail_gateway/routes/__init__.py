@@ -1,0 +1,96 @@
+"""Routing rules: the records, the store protocol, and resolution.
+
+A rule maps a recipient pattern to one or more actions. Stores (SQLite
+locally, DynamoDB on AWS) hold the same records as the seed system's
+DynamoDB table; ``RouteResolver`` finds the first enabled match for an
+address and caches the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+KNOWN_ACTIONS = ("forward-to-gmail", "bounce", "store", "maildir")
+LEVELS = ("exact", "plus-stripped", "domain", "catch-all")
+
+
+class RouteStoreError(Exception):
+    """The rule store cannot be reached or read: answer 451, never guess."""
+
+
+@dataclass(frozen=True)
+class Action:
+    type: str
+    target: str = ""
+
+    @property
+    def known(self) -> bool:
+        return self.type in KNOWN_ACTIONS
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    actions: tuple[Action, ...]
+    enabled: bool = True
+    description: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def unknown_actions(self) -> tuple[str, ...]:
+        return tuple(a.type for a in self.actions if not a.known)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One key tried during resolution, and what was found there."""
+
+    level: str
+    pattern: str
+    outcome: str  # "matched" | "disabled" | "absent"
+
+
+@dataclass(frozen=True)
+class Match:
+    """The answer for one address: the rule (or None) and how it was found."""
+
+    address: str
+    rule: Rule | None
+    level: str | None
+    tried: tuple[Candidate, ...] = field(default=())
+
+
+class RouteStore(Protocol):
+    """Where rules live. Methods block; callers on the event loop use a thread.
+
+    Every method raises RouteStoreError when the store cannot be used.
+    """
+
+    def get_many(self, patterns: Sequence[str]) -> dict[str, Rule]:
+        """The rules stored under these patterns, in one round trip."""
+        ...
+
+    def get(self, pattern: str) -> Rule | None: ...
+
+    def put(self, rule: Rule) -> Rule:
+        """Create or replace; keeps the stored ``created_at``; returns what was written."""
+        ...
+
+    def delete(self, pattern: str) -> bool: ...
+
+    def scan_items(self) -> list[dict[str, object]]:
+        """Every raw record (plain Python values), routes and others, for export."""
+        ...
+
+    def put_items(self, items: Sequence[dict[str, object]]) -> int:
+        """Write raw records (plain Python values) as they are, for import."""
+        ...
+
+    # Declared after every annotation that says ``list[...]``: inside the
+    # class body the name ``list`` means this method from here on.
+    def list(self) -> list[Rule]: ...
+
+    def close(self) -> None: ...

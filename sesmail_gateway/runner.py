@@ -1,0 +1,288 @@
+"""The runner: claim → archive → deliver each pending group → finish | defer | hold | dead.
+
+Work comes from three places: the SMTP handler (a message just queued), a
+poll of ``incoming/`` (other worker processes, ``queue retry``, recovery),
+and a timer heap for ``deferred/``. Blocking work (file I/O, SDK calls) runs
+in a thread pool; state is saved after every attempt, so a restart retries
+only what is still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sesmail_gateway import maillog
+from sesmail_gateway.archive import Archiver
+from sesmail_gateway.config import DeliveryConfig
+from sesmail_gateway.deliver import Deliverer
+from sesmail_gateway.errors import DeliveryError, PermanentFailure, TemporaryFailure, TokenExpired, classify
+from sesmail_gateway.message import DEAD, DEFERRED, DELIVERED, FAILED, HELD, INCOMING, Delivery, QueueItem
+from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds before attempt ``attempt + 1``: base doubling per attempt, capped, with jitter.
+
+    The jitter keeps between half and all of the step so a burst of failures
+    spreads out; a longer Retry-After from the remote side wins.
+    """
+    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = step * (0.5 + 0.5 * rng())
+    if retry_after is not None and retry_after > delay:
+        delay = retry_after
+    return delay
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        archiver: Archiver,
+        deliverers: Mapping[str, Deliverer],
+        config: DeliveryConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.spool = spool
+        self.archiver = archiver
+        self.deliverers = deliverers
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._known: set[str] = set()
+        self._timers: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrency + 2, thread_name_prefix="deliver")
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        report = await self._run(self.spool.recover)
+        if report.resumed or report.discarded_tmp or report.corrupt:
+            log.info("spool: recovered %d in-flight, discarded %d unacknowledged, set aside %d corrupt",
+                     report.resumed, report.discarded_tmp, report.corrupt)
+        self._scan_incoming()
+        for item in self.spool.items(DEFERRED):
+            heapq.heappush(self._timers, (item.next_attempt, item.id))
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.config.concurrency)]
+        self._tasks.append(asyncio.create_task(self._scheduler()))
+        self._tasks.append(asyncio.create_task(self._poller()))
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work, give in-flight deliveries ``timeout`` seconds, then cancel.
+
+        A cancelled delivery leaves its message in ``active/``; start-up resumes it.
+        """
+        deadline = self.clock() + timeout
+        while self._busy and self.clock() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def notify(self, item: QueueItem) -> None:
+        """A message was just queued in ``incoming``."""
+        self._submit(INCOMING, item.id)
+
+    def release_held(self, account: str | None = None) -> int:
+        """Move held messages (all, or one account's) back to work; returns how many."""
+        released = 0
+        for item in self.spool.items(HELD):
+            if account is not None and item.held_account != account:
+                continue
+            item.held_account = ""
+            item.reason = ""
+            self.spool.save(item)
+            try:
+                self.spool.move(item, INCOMING)
+            except SpoolError:
+                continue
+            maillog.event("released", item.id, account=account)
+            self._submit(INCOMING, item.id)
+            released += 1
+        return released
+
+    @property
+    def idle(self) -> bool:
+        return self._busy == 0 and self._queue.empty()
+
+    # -- feeding -----------------------------------------------------------
+
+    def _submit(self, state: str, queue_id: str) -> None:
+        if queue_id not in self._known:
+            self._known.add(queue_id)
+            self._queue.put_nowait((state, queue_id))
+
+    def _scan_incoming(self) -> None:
+        for queue_id in self.spool.ids(INCOMING):
+            self._submit(INCOMING, queue_id)
+
+    async def _poller(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                self._scan_incoming()
+            except OSError as exc:
+                log.error("runner: cannot scan incoming: %s", exc)
+
+    async def _scheduler(self) -> None:
+        while True:
+            now = self.clock()
+            while self._timers and self._timers[0][0] <= now:
+                _, queue_id = heapq.heappop(self._timers)
+                self._submit(DEFERRED, queue_id)
+            wait = min(self._timers[0][0] - now, 1.0) if self._timers else 1.0
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+            except TimeoutError:
+                pass
+
+    async def _worker(self) -> None:
+        while True:
+            state, queue_id = await self._queue.get()
+            self._busy += 1
+            try:
+                await self._process(state, queue_id)
+            except Exception:
+                # The message stays where it is (active/ is resumed at start-up); never dropped.
+                log.exception("runner: unexpected error on %s", queue_id)
+            finally:
+                self._busy -= 1
+                self._known.discard(queue_id)
+
+    # -- one message -------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _process(self, state: str, queue_id: str) -> None:
+        try:
+            item = await self._run(self.spool.claim, state, queue_id)
+        except SpoolError:
+            return  # moved or deleted meanwhile (queue retry/delete, another runner)
+        message = await self._run(self.spool.read_message, item)
+        if not item.archived and not await self._archive(item, message):
+            return
+        for delivery in item.pending():
+            await self._deliver(item, delivery, message)
+        await self._run(self._settle, item)
+        self._schedule(item)
+
+    def _schedule(self, item: QueueItem) -> None:
+        """Arm the timer for a deferred message (on the loop: the heap and event are not thread-safe)."""
+        if item.state == DEFERRED:
+            heapq.heappush(self._timers, (item.next_attempt, item.id))
+            self._wake.set()
+
+    async def _archive(self, item: QueueItem, message: bytes) -> bool:
+        try:
+            item.archived = await self._run(self.archiver.archive, item, message)
+        except Exception as exc:
+            error = classify(exc)
+            log.error("archive: %s failed: %s", item.id, error)
+            self.metrics.deliveries.labels(action="archive", outcome="deferred").inc()
+            await self._run(self._defer, item, f"archive failed: {error}", error.retry_after)
+            self._schedule(item)
+            return False
+        await self._run(self.spool.save, item)
+        maillog.event("archived", item.id, location=item.archived)
+        return True
+
+    async def _deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+        deliverer = self.deliverers.get(delivery.action)
+        try:
+            if deliverer is None:
+                raise TemporaryFailure(f"no deliverer for action {delivery.action!r}")
+            await self._run(deliverer.deliver, item, delivery, message)
+        except Exception as exc:
+            self._record_failure(item, delivery, classify(exc))
+        else:
+            delivery.status = DELIVERED
+            delivery.attempts += 1
+            delivery.delivered_at = self.clock()
+            delivery.last_error = ""
+            self.metrics.deliveries.labels(action=delivery.action, outcome="delivered").inc()
+            maillog.event("delivered", item.id, action=delivery.action, target=delivery.target,
+                          recipients=delivery.recipients, attempts=delivery.attempts)
+        await self._run(self.spool.save, item)
+
+    def _record_failure(self, item: QueueItem, delivery: Delivery, error: DeliveryError) -> None:
+        delivery.last_error = str(error)
+        if isinstance(error, TokenExpired):
+            # Held: no attempt is spent; a new token releases it.
+            item.held_account = delivery.target
+            self.metrics.deliveries.labels(action=delivery.action, outcome="held").inc()
+            return
+        delivery.attempts += 1
+        if isinstance(error, PermanentFailure):
+            delivery.status = FAILED
+            self.metrics.deliveries.labels(action=delivery.action, outcome="failed").inc()
+        else:
+            self.metrics.deliveries.labels(action=delivery.action, outcome="deferred").inc()
+        if error.retry_after is not None:
+            item.next_attempt = max(item.next_attempt, self.clock() + error.retry_after)
+
+    def _settle(self, item: QueueItem) -> None:
+        """Decide where the message goes after a round of attempts."""
+        pending = item.pending()
+        if not pending:
+            if item.failed():
+                self._dead(item, "; ".join(f"{d.key}: {d.last_error}" for d in item.failed()))
+            else:
+                self.spool.remove(item)
+            return
+        if item.held_account:
+            item.reason = f"held: Gmail token for {item.held_account} is expired or revoked"
+            self.spool.save(item)
+            self.spool.move(item, HELD)
+            maillog.event("held", item.id, account=item.held_account, reason=pending[0].last_error)
+            return
+        if self.clock() - item.created >= self.config.max_age:
+            for delivery in pending:
+                delivery.status = FAILED
+                delivery.last_error = f"gave up after {self.config.max_age:.0f}s: {delivery.last_error}"
+            self._dead(item, "; ".join(f"{d.key}: {d.last_error}" for d in pending))
+            return
+        retry_after = item.next_attempt - self.clock() if item.next_attempt > self.clock() else None
+        self._defer(item, "; ".join(f"{d.key}: {d.last_error}" for d in pending), retry_after)
+
+    def _defer(self, item: QueueItem, reason: str, retry_after: float | None) -> None:
+        item.attempts += 1
+        delay = backoff_delay(item.attempts, base=self.config.backoff_base, cap=self.config.backoff_max,
+                              retry_after=retry_after)
+        item.next_attempt = self.clock() + delay
+        item.reason = reason
+        self.spool.save(item)
+        self.spool.move(item, DEFERRED)
+        maillog.event("deferred", item.id, attempts=item.attempts, next_attempt=round(item.next_attempt, 3),
+                      delay=round(delay, 3), reason=reason)
+
+    def _dead(self, item: QueueItem, reason: str) -> None:
+        item.reason = reason
+        item.next_attempt = 0.0
+        self.spool.save(item)
+        self.spool.move(item, DEAD)
+        maillog.event("dead", item.id, sender=item.sender, reason=reason)

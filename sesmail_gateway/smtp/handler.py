@@ -1,0 +1,185 @@
+"""aiosmtpd hooks: check, decide, enqueue, reply. Nothing here blocks the loop.
+
+aiosmtpd finds hooks by name and silently ignores a misspelt one, so a
+test pins the names (``handle_EHLO``, ``handle_MAIL``, ``handle_RCPT``,
+``handle_DATA``, ``handle_exception``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sesmail_gateway import maillog, replies
+from sesmail_gateway.config import Config
+from sesmail_gateway.message import Client, QueueItem, RecipientRoute, plan_deliveries
+from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.replies import Reply
+from sesmail_gateway.routes import RouteStoreError
+from sesmail_gateway.routes.resolver import RouteResolver
+from sesmail_gateway.spool import Spool, new_queue_id
+
+log = logging.getLogger(__name__)
+
+
+def split_address(address: str) -> tuple[str, str] | None:
+    """(local, domain) in lower case, or None when the address has no usable domain."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or " " in address:
+        return None
+    return local, domain.lower().rstrip(".")
+
+
+def received_header(*, item: QueueItem, hostname: str, esmtp: bool) -> bytes:
+    """RFC 5321 trace header; ``for`` only with one recipient, so Bcc lists do not leak."""
+    protocol = ("ESMTPS" if item.client.tls else "ESMTP") if esmtp else "SMTP"
+    helo = item.client.helo or "unknown"
+    lines = [
+        f"Received: from {helo} ({item.client.reverse_name or 'unknown'} [{item.client.ip}])",
+        f"\tby {hostname} (sesmail-gateway) with {protocol} id {item.id}",
+    ]
+    when = email.utils.formatdate(item.created, localtime=False)
+    if len(item.recipients) == 1:
+        lines.append(f"\tfor <{item.recipients[0].address}>; {when}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{when}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+class GatewayHandler:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        resolver: RouteResolver,
+        spool: Spool,
+        metrics: Metrics,
+        on_queued: Callable[[QueueItem], None],
+    ) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.spool = spool
+        self.metrics = metrics
+        self.on_queued = on_queued
+        self.domains = {d.lower().rstrip(".") for d in config.gateway.domains}
+
+    # -- hooks -------------------------------------------------------------
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # No AUTH on an inbound MX; PIPELINING is safe because replies are sent in order.
+        kept = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        kept.insert(len(kept) - 1, "250-PIPELINING")
+        return kept
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address and split_address(address) is None:
+            return str(replies.BAD_SENDER)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.routes = []
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        reply, route = await self._recipient_policy(envelope, address)
+        if route is None:
+            self.metrics.rejected.labels(reason=_reason(reply)).inc()
+            maillog.event("rejected", None, stage="rcpt", client=_peer_ip(session), sender=envelope.mail_from,
+                          recipient=address, reply=str(reply))
+            return str(reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        envelope.routes.append(route)
+        return str(reply)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        item = self._new_item(server, session, envelope)
+        content: bytes = envelope.content
+        item.size = len(content)
+        header = received_header(item=item, hostname=self.config.gateway.hostname, esmtp=session.extended_smtp)
+        maillog.event("received", item.id, client=item.client.ip, helo=item.client.helo, sender=item.sender,
+                      recipients=item.recipient_addresses, size=item.size)
+        try:
+            await self.spool.enqueue(item, header, content)
+        except OSError as exc:
+            log.error("spool: cannot queue %s: %s", item.id, exc)
+            self.metrics.rejected.labels(reason="spool-error").inc()
+            maillog.event("rejected", item.id, stage="data", reply=str(replies.SPOOL_ERROR), error=str(exc))
+            return str(replies.SPOOL_ERROR)
+        self.metrics.accepted.inc()
+        self.metrics.accept_bytes.inc(item.size)
+        maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
+                      deliveries=[d.key for d in item.deliveries])
+        self.on_queued(item)
+        return str(replies.queued(item.id))
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is a 500 that leaks the exception text; say 451 and log the detail.
+        log.error("smtp: session error: %s: %s", type(error).__name__, error, exc_info=error)
+        return str(replies.LOCAL_ERROR)
+
+    # -- called by the session for refusals it makes itself -----------------
+
+    def connection_refused(self, reply: Reply) -> None:
+        self.metrics.connections.labels(outcome=_reason(reply)).inc()
+
+    def size_refused(self) -> None:
+        self.metrics.rejected.labels(reason="size").inc()
+
+    # -- policy ------------------------------------------------------------
+
+    async def _recipient_policy(self, envelope: Any, address: str) -> tuple[Reply, RecipientRoute | None]:
+        if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS, None
+        parts = split_address(address)
+        if parts is None:
+            return replies.BAD_ADDRESS, None
+        if parts[1] not in self.domains:
+            return replies.RELAY_DENIED, None
+        try:
+            match = await self.resolver.resolve(address)
+        except RouteStoreError as exc:
+            log.error("routes: lookup for %s failed: %s", address, exc)
+            return replies.RULES_UNAVAILABLE, None
+        rule = match.rule
+        if rule is None:
+            return replies.NO_SUCH_USER, None
+        if rule.unknown_actions:
+            log.error("routes: rule %s has unknown action(s) %s", rule.pattern, ", ".join(rule.unknown_actions))
+            return replies.RULES_UNAVAILABLE, None
+        if self.config.bounce.mode == "reject" and any(a.type == "bounce" for a in rule.actions):
+            return replies.NO_SUCH_USER, None
+        actions = [{"type": a.type, "target": a.target} for a in rule.actions]
+        return replies.RECIPIENT_OK, RecipientRoute(address, rule.pattern, match.level or "", actions)
+
+    def _new_item(self, server: Any, session: Any, envelope: Any) -> QueueItem:
+        peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
+        client = Client(ip=str(peer[0]), port=int(peer[1]), helo=session.host_name or "", tls=session.ssl is not None)
+        recipients: list[RecipientRoute] = list(envelope.routes)
+        return QueueItem(
+            id=new_queue_id(), sender=envelope.mail_from or "", recipients=recipients, client=client,
+            created=time.time(), deliveries=plan_deliveries(recipients),
+        )
+
+
+def _peer_ip(session: Any) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else ""
+
+
+def _reason(reply: Reply) -> str:
+    """A short metric label for a refusal."""
+    return {
+        replies.RELAY_DENIED: "relay-denied",
+        replies.NO_SUCH_USER: "no-route",
+        replies.RULES_UNAVAILABLE: "rules-unavailable",
+        replies.TOO_MANY_RECIPIENTS: "too-many-recipients",
+        replies.BAD_ADDRESS: "bad-address",
+        replies.TOO_MANY_CONNECTIONS: "too-many-connections",
+        replies.TOO_MANY_FROM_IP: "too-many-from-ip",
+        replies.SHUTTING_DOWN: "shutting-down",
+    }.get(reply, f"{reply.code}")

@@ -1,0 +1,183 @@
+"""One SMTP session: aiosmtpd's protocol with the gateway's limits.
+
+The aiosmtpd ``SMTP`` class runs the command loop; this subclass adds what
+an MX needs and aiosmtpd leaves out: connection admission (global and per
+client IP, and refusal while draining), a timeout that says 421 before it
+hangs up, a whole-DATA deadline, a junk-command budget, our own 552 at MAIL
+for ``SIZE=``, no AUTH on an inbound MX, and the chunked DATA reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import Counter
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from sesmail_gateway import replies
+from sesmail_gateway.replies import Reply
+from sesmail_gateway.smtp.data import read_data
+
+log = logging.getLogger(__name__)
+
+_SIZE_PARAM = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
+JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP")
+
+
+class Gate:
+    """Admission for new sessions: connection limits and drain."""
+
+    def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self.sessions: set[GatewaySMTP] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def admit(self, session: GatewaySMTP) -> Reply | None:
+        """None to admit, or the reply that refuses the connection."""
+        if self.draining:
+            return replies.SHUTTING_DOWN
+        if len(self.sessions) >= self.max_connections:
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_ip[session.client_ip] >= self.max_per_ip:
+            return replies.TOO_MANY_FROM_IP
+        self.sessions.add(session)
+        self.per_ip[session.client_ip] += 1
+        self.idle.clear()
+        return None
+
+    def release(self, session: GatewaySMTP) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.per_ip[session.client_ip] -= 1
+        if self.per_ip[session.client_ip] <= 0:
+            del self.per_ip[session.client_ip]
+        if not self.sessions:
+            self.idle.set()
+
+
+class GatewaySMTP(SMTP):  # type: ignore[misc]
+    def __init__(self, handler: Any, *, gate: Gate, data_timeout: float, junk_limit: int, **kwargs: Any) -> None:
+        # aiosmtpd's own per-command limit is off (None): the junk budget below replaces it,
+        # so a session may carry any number of real transactions.
+        super().__init__(handler, command_call_limit=None, **kwargs)
+        self.gate = gate
+        self.data_timeout = data_timeout
+        self.junk_limit = junk_limit
+        self.junk_used = 0
+        self.in_data = False
+
+    @property
+    def client_ip(self) -> str:
+        peer = self.session.peer if self.session else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+    # -- admission and teardown ---------------------------------------------
+
+    async def _handle_client(self) -> None:
+        refusal = self.gate.admit(self)
+        if refusal is not None:
+            log.info("smtp: refused %s: %s", self.client_ip, refusal)
+            self.event_handler.connection_refused(refusal)
+            await self.push(str(refusal))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.gate.release(self)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd hangs up silently; RFC 5321 wants a 421 first.
+        reply = replies.DATA_TIMEOUT if self.in_data else replies.TIMEOUT
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{reply}\r\n".encode())
+        super()._timeout_cb()
+
+    def close_for_shutdown(self) -> None:
+        """Say 421 4.3.2 and hang up; used for sessions not in DATA when draining."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
+            self.transport.close()
+
+    # -- commands ------------------------------------------------------------
+
+    async def _junk(self, command: str) -> bool:
+        """Count a junk command; True (after 421 and hang-up) when over budget."""
+        self.junk_used += 1
+        if self.junk_used <= self.junk_limit:
+            return False
+        log.info("smtp: %s over the junk command limit (%s)", self.client_ip, command)
+        await self.push(str(replies.TOO_MANY_JUNK))
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        if not await self._junk("NOOP"):
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        if not await self._junk("RSET"):
+            await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        if not await self._junk("VRFY"):
+            await super().smtp_VRFY(arg)
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        if not await self._junk("HELP"):
+            await super().smtp_HELP(arg)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        await self.push("502 5.5.1 AUTH is not offered on this server")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        match = _SIZE_PARAM.search(arg or "")
+        if match and self.data_size_limit and int(match.group(1)) > self.data_size_limit:
+            self.event_handler.size_refused()
+            await self.push(str(replies.MESSAGE_TOO_BIG))
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.in_data = True
+        self._reset_timeout(self.data_timeout)
+        try:
+            result = await read_data(self._reader, self.data_size_limit)
+        finally:
+            self.in_data = False
+        # Bytes after the terminator are pipelined commands: hand them back to the reader.
+        if result.leftover:
+            self._reader._buffer[0:0] = result.leftover
+        if result.content is None:
+            self.event_handler.size_refused()
+            status = str(replies.MESSAGE_TOO_BIG)
+        else:
+            self.envelope.content = self.envelope.original_content = result.content
+            status = await self._call_handler_hook("DATA")
+            if status.startswith("250"):
+                self.junk_used = 0
+        self._set_post_data_state()
+        self._reset_timeout()
+        await self.push(status)
+        if self.gate.draining:
+            self.close_for_shutdown()
