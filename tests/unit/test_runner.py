@@ -1,0 +1,200 @@
+"""The runner against a real spool in a temp folder, with scripted delivery targets.
+
+The targets are in-memory twins with failures scripted per call (as Mailman's
+testing MTA does); the spool, archive folder and state moves are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.config import DeliveryConfig
+from sesmail_gateway.errors import PermanentFailure, TemporaryFailure, TokenExpired
+from sesmail_gateway.message import DEAD, DEFERRED, DELIVERED, HELD, INCOMING, PENDING, Delivery, QueueItem, RecipientRoute, plan_deliveries
+from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.runner import Runner, backoff_delay
+from sesmail_gateway.spool import Spool, SpoolError, new_queue_id
+
+
+class ScriptedTarget:
+    """Fails per call as scripted (an exception, or None for success); records every call."""
+
+    def __init__(self, *script: BaseException | None) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[str, str]] = []
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+        self.calls.append((item.id, delivery.target))
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is not None:
+            raise outcome
+
+
+class ScriptedArchive(FolderArchiver):
+    def __init__(self, root: Path, *script: BaseException | None) -> None:
+        super().__init__(root)
+        self.script = list(script)
+        self.calls = 0
+
+    def archive(self, item: QueueItem, message: bytes) -> str:
+        self.calls += 1
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is not None:
+            raise outcome
+        return super().archive(item, message)
+
+
+def make_item(*targets: str) -> QueueItem:
+    recipients = [RecipientRoute(f"user{i}@example.test", "*", "catch-all", [{"type": "maildir", "target": t}])
+                  for i, t in enumerate(targets)]
+    return QueueItem(id=new_queue_id(), sender="a@sender.test", recipients=recipients,
+                     deliveries=plan_deliveries(recipients))
+
+
+def where(spool: Spool, queue_id: str) -> str | None:
+    try:
+        return spool.find(queue_id).state
+    except SpoolError:
+        return None
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("runner did not reach the expected state")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+async def started(spool: Spool, tmp_path: Path, target: ScriptedTarget, *, archive: FolderArchiver | None = None,
+                  max_age: float = 3600.0) -> Runner:
+    runner = Runner(
+        spool=spool, archiver=archive or FolderArchiver(tmp_path / "archive"), deliverers={"maildir": target},
+        config=DeliveryConfig(concurrency=4, max_age=max_age, backoff_base=0.05, backoff_max=0.1),
+        metrics=Metrics(), poll_seconds=0.05,
+    )
+    await runner.start()
+    return runner
+
+
+async def queue(spool: Spool, runner: Runner | None, queued: QueueItem) -> None:
+    await spool.enqueue(queued, b"Subject: t\r\n\r\nbody\r\n")
+    if runner:
+        runner.notify(queued)
+
+
+def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:
+    low, high = (lambda: 0.0), (lambda: 1.0)
+    assert backoff_delay(1, base=10, cap=3600, rng=high) == 10
+    assert backoff_delay(3, base=10, cap=3600, rng=high) == 40
+    assert backoff_delay(3, base=10, cap=3600, rng=low) == 20
+    assert backoff_delay(20, base=10, cap=3600, rng=high) == 3600
+    assert backoff_delay(1, base=10, cap=3600, retry_after=120, rng=high) == 120
+    assert backoff_delay(5, base=10, cap=3600, retry_after=1, rng=high) == 160
+
+
+async def test_archive_then_deliver_then_remove(spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    queued = make_item("mail")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) is None)
+    await runner.stop()
+    assert target.calls == [(queued.id, "mail")]
+    archived = list((tmp_path / "archive").rglob(f"{queued.id}.eml"))
+    assert archived and archived[0].read_bytes() == b"Subject: t\r\n\r\nbody\r\n"
+
+
+async def test_temporary_failure_defers_then_retries_only_what_is_pending(spool: Spool, tmp_path: Path) -> None:
+    # First call (target a) works, second (target b) fails once, then works.
+    target = ScriptedTarget(None, TemporaryFailure("mailbox busy"), None)
+    runner = await started(spool, tmp_path, target)
+    queued = make_item("a", "b")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) == DEFERRED)
+    deferred = spool.find(queued.id)
+    assert deferred.attempts == 1 and "mailbox busy" in deferred.reason
+    assert [d.status for d in deferred.deliveries] == [DELIVERED, PENDING]
+    await until(lambda: where(spool, queued.id) is None)
+    await runner.stop()
+    assert target.calls == [(queued.id, "a"), (queued.id, "b"), (queued.id, "b")]
+
+
+async def test_permanent_failure_is_a_dead_letter_with_its_reason(spool: Spool, tmp_path: Path) -> None:
+    runner = await started(spool, tmp_path, ScriptedTarget(PermanentFailure("no such mailbox")))
+    queued = make_item("a")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) == DEAD)
+    await runner.stop()
+    assert "no such mailbox" in spool.find(queued.id).reason
+
+
+async def test_unknown_errors_are_temporary(spool: Spool, tmp_path: Path) -> None:
+    runner = await started(spool, tmp_path, ScriptedTarget(RuntimeError("surprise"), None))
+    queued = make_item("a")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) is None)
+    await runner.stop()
+
+
+async def test_expired_token_holds_without_spending_attempts(spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget(TokenExpired("invalid_grant"), None)
+    runner = await started(spool, tmp_path, target)
+    queued = make_item("me@gmail.test")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) == HELD)
+    held = spool.find(queued.id)
+    assert held.attempts == 0 and held.deliveries[0].attempts == 0
+    assert held.held_account == "me@gmail.test"
+    await asyncio.sleep(0.3)  # held means held: no retries on a timer
+    assert len(target.calls) == 1
+    assert runner.release_held("someone-else@gmail.test") == 0
+    assert runner.release_held("me@gmail.test") == 1
+    await until(lambda: where(spool, queued.id) is None)
+    await runner.stop()
+
+
+async def test_messages_older_than_max_age_go_dead(spool: Spool, tmp_path: Path) -> None:
+    runner = await started(spool, tmp_path, ScriptedTarget(*[TemporaryFailure("down")] * 50), max_age=0.3)
+    queued = make_item("a")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) == DEAD)
+    await runner.stop()
+    assert "gave up after" in spool.find(queued.id).reason
+
+
+async def test_archive_failure_defers_before_any_delivery(spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget()
+    archive = ScriptedArchive(tmp_path / "archive", OSError(5, "I/O error"))
+    runner = await started(spool, tmp_path, target, archive=archive)
+    queued = make_item("a")
+    await queue(spool, runner, queued)
+    await until(lambda: where(spool, queued.id) == DEFERRED)
+    assert target.calls == []
+    await until(lambda: where(spool, queued.id) is None)
+    await runner.stop()
+    assert archive.calls == 2 and len(target.calls) == 1
+
+
+async def test_start_resumes_everything_found_on_disk(spool: Spool, tmp_path: Path) -> None:
+    waiting, interrupted = make_item("a"), make_item("b")
+    await queue(spool, None, waiting)
+    await queue(spool, None, interrupted)
+    spool.claim(INCOMING, interrupted.id)  # as if the daemon died mid-delivery
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    await until(lambda: len(target.calls) == 2)
+    await until(lambda: not spool.ids(INCOMING))
+    await runner.stop()
+    assert sorted(c[0] for c in target.calls) == sorted([waiting.id, interrupted.id])
