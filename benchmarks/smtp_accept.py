@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -98,7 +98,7 @@ def default_count(size: int) -> int:
     return 100
 
 
-async def wait_for_banner(address: Address, deadline: float, alive: Any = None) -> None:
+async def wait_for_banner(address: Address, deadline: float, alive: Callable[[], str] | None = None) -> None:
     """Poll until ``address`` accepts a connection and greets with ``220``, or raise :class:`BenchError`.
 
     ``alive`` is an optional zero-argument callable returning an error string

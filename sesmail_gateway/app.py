@@ -20,7 +20,7 @@ from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.deliver.bounce import RuleBounce
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
 from sesmail_gateway.errors import TemporaryFailure
-from sesmail_gateway.fsutil import ensure_dir
+from sesmail_gateway.fsutil import FilesystemSync, ensure_dir
 from sesmail_gateway.message import Delivery, QueueItem
 from sesmail_gateway.metrics import Metrics, MetricsServer
 from sesmail_gateway.routes import Action, RouteStore, Rule
@@ -31,16 +31,17 @@ from sesmail_gateway.runner import Runner
 from sesmail_gateway.smtp.handler import GatewayHandler
 from sesmail_gateway.smtp.server import SMTPServer
 from sesmail_gateway.spool import Spool
+from sesmail_gateway.workers import WorkerPool, worker_count
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAILDIR = "mail"
 
 
-def open_archiver(config: Config) -> Archiver:
+def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
     scheme, _, rest = config.archive.url.partition("://")
     if scheme == "file":
-        return FolderArchiver(config.data_path(rest or "archive"))
+        return FolderArchiver(config.data_path(rest or "archive"), fs)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
 
 
@@ -54,9 +55,9 @@ class _NotConfigured:
         raise TemporaryFailure(self.why)
 
 
-def build_deliverers(config: Config) -> Mapping[str, Deliverer]:
+def build_deliverers(config: Config, fs: FilesystemSync) -> Mapping[str, Deliverer]:
     return {
-        "maildir": MaildirDeliverer(config.data_dir),
+        "maildir": MaildirDeliverer(config.data_dir, fs),
         "bounce": RuleBounce(),
         "forward-to-gmail": _NotConfigured("Gmail delivery is not available in this version"),
     }
@@ -86,26 +87,38 @@ class Gateway:
         seed_default_route(self.store, config)
         self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
         self.runner = Runner(
-            spool=self.spool, archiver=open_archiver(config), deliverers=build_deliverers(config),
+            spool=self.spool, archiver=open_archiver(config, self.spool.fs),
+            deliverers=build_deliverers(config, self.spool.fs),
             config=config.delivery, metrics=self.metrics,
         )
-        self.handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool,
-                                      metrics=self.metrics, on_queued=self.runner.notify)
-        self.smtp = SMTPServer(config, self.handler)
+        # One worker: SMTP runs in this process. More: worker processes share the port.
+        self.smtp: SMTPServer | None = None
+        self.pool: WorkerPool | None = None
+        if worker_count(config) == 1:
+            handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool,
+                                     metrics=self.metrics, on_queued=lambda item: self.runner.notify(item.id))
+            self.smtp = SMTPServer(config, handler)
+        else:
+            self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
         self.metrics_server: MetricsServer | None = None
         self._stop = asyncio.Event()
         self.bound: list[tuple[str, int]] = []
 
     def healthy(self) -> tuple[bool, str]:
-        if not self.smtp.listening:
+        if self.smtp is not None and not self.smtp.listening:
             return False, "smtp not listening"
+        if self.pool is not None and not self.pool.healthy:
+            return False, "smtp worker(s) down"
         if not os.access(self.spool.root / "tmp", os.W_OK):
             return False, "spool not writable"
         return True, f"queue {self.spool.counts()}"
 
     async def start(self) -> None:
         await self.runner.start()
-        self.bound = await self.smtp.start()
+        if self.smtp is not None:
+            self.bound = await self.smtp.start()
+        if self.pool is not None:
+            await self.pool.start()
         if self.config.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
             self.metrics_server.start()
@@ -113,6 +126,8 @@ class Gateway:
     def reload(self) -> None:
         """SIGHUP: forget cached routes (and, with Gmail, re-read tokens)."""
         self.resolver.invalidate()
+        if self.pool is not None:
+            self.pool.signal_all(signal.SIGHUP)
         log.info("reload: rule cache cleared")
 
     def request_stop(self) -> None:
@@ -121,7 +136,10 @@ class Gateway:
     async def stop(self) -> None:
         sdnotify.notify("STOPPING=1")
         log.info("shutdown: draining SMTP sessions")
-        await self.smtp.drain(timeout=self.config.smtp.data_timeout)
+        if self.smtp is not None:
+            await self.smtp.drain(timeout=self.config.smtp.data_timeout)
+        if self.pool is not None:
+            await self.pool.stop()
         await self.runner.stop()
         if self.metrics_server:
             self.metrics_server.stop()
@@ -135,8 +153,8 @@ class Gateway:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         sdnotify.notify("READY=1")
-        log.info("gateway %s ready: smtp %s, data %s", self.config.gateway.hostname,
-                 ", ".join(f"{h}:{p}" for h, p in self.bound), self.config.data_dir)
+        log.info("gateway %s ready: smtp %s (%d worker(s)), data %s", self.config.gateway.hostname,
+                 ", ".join(self.config.smtp.listen), worker_count(self.config), self.config.data_dir)
         watchdog = asyncio.create_task(self._watchdog())
         await self._stop.wait()
         watchdog.cancel()

@@ -32,12 +32,16 @@ def write_file(path: Path, *chunks: bytes, sync: bool = True, mode: int = 0o640)
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix."""
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix.
+
+    With ``sync=False`` the caller makes it durable later with one filesystem flush.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    write_file(tmp, data, mode=mode)
+    write_file(tmp, data, mode=mode, sync=sync)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def durable_rename(src: Path, dst: Path) -> None:
@@ -54,32 +58,41 @@ def ensure_dir(path: Path, mode: int = 0o750) -> Path:
 
 
 class FilesystemSync:
-    """Flush a whole filesystem at once with syncfs(2), where the OS has it.
+    """Flush whole filesystems at once with syncfs(2), where the OS has it.
 
     One syncfs makes every file written before it durable, so many messages
-    written by concurrent sessions share one flush (group commit). Where
-    syncfs is missing, ``available`` is False and callers fsync each file.
+    written by concurrent sessions and deliveries share one flush (group
+    commit). Every folder that holds such unsynced files is tracked, and
+    each distinct filesystem among them is flushed. Where syncfs is missing,
+    ``available`` is False and writers fsync each file themselves.
     """
 
-    def __init__(self, anchor: Path) -> None:
-        self._anchor = anchor
+    def __init__(self, *anchors: Path) -> None:
+        self._anchors: dict[int, Path] = {}
         self._syncfs = None
         name = ctypes.util.find_library("c")
         if name and hasattr(os, "O_DIRECTORY"):
             libc = ctypes.CDLL(name, use_errno=True)
             self._syncfs = getattr(libc, "syncfs", None)
+        for anchor in anchors:
+            self.track(anchor)
 
     @property
     def available(self) -> bool:
         return self._syncfs is not None
 
+    def track(self, folder: Path) -> None:
+        """Include the filesystem holding ``folder`` (which must exist) in every flush."""
+        self._anchors.setdefault(os.stat(folder).st_dev, folder)
+
     def sync(self) -> None:
         if self._syncfs is None:
             raise OSError("syncfs is not available")
-        fd = os.open(self._anchor, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if self._syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-        finally:
-            os.close(fd)
+        for anchor in list(self._anchors.values()):
+            fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if self._syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from socketserver import ThreadingMixIn
 
@@ -13,6 +13,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sesmail_gateway.config import parse_hostport
+
+
+class SessionMetrics(Protocol):
+    """What SMTP sessions report; the daemon's Metrics, or a relay in a worker process."""
+
+    def observe_commit(self, seconds: float, batch: int) -> None: ...
+
+    def message_accepted(self, size: int) -> None: ...
+
+    def refused(self, reason: str) -> None: ...
+
+    def connection_refused(self, outcome: str) -> None: ...
 
 
 class Metrics:
@@ -39,9 +51,21 @@ class Metrics:
         )
         self.accept_bytes = Counter("sesmail_accepted_bytes", "Bytes of accepted messages", registry=r)
 
+    # The session-side events: also implemented by workers.MetricsRelay in worker processes.
+
     def observe_commit(self, seconds: float, batch: int) -> None:
         self.fsync_seconds.observe(seconds)
         self.commit_batch.observe(batch)
+
+    def message_accepted(self, size: int) -> None:
+        self.accepted.inc()
+        self.accept_bytes.inc(size)
+
+    def refused(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def connection_refused(self, outcome: str) -> None:
+        self.connections.labels(outcome=outcome).inc()
 
     def track_queue(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export queue depth by state, read from the spool at scrape time."""

@@ -102,9 +102,9 @@ class Runner:
         self._tasks.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def notify(self, item: QueueItem) -> None:
+    def notify(self, queue_id: str) -> None:
         """A message was just queued in ``incoming``."""
-        self._submit(INCOMING, item.id)
+        self._submit(INCOMING, queue_id)
 
     def release_held(self, account: str | None = None) -> int:
         """Move held messages (all, or one account's) back to work; returns how many."""
@@ -187,7 +187,12 @@ class Runner:
         if not item.archived and not await self._archive(item, message):
             return
         for delivery in item.pending():
-            await self._deliver(item, delivery, message)
+            if await self._deliver(item, delivery, message) and item.pending():
+                # Record each success at once, so a restart never delivers it again;
+                # first make what was written (archive, Maildir) durable.
+                await self.spool.sync()
+                await self._run(self.spool.save, item)
+        await self.spool.sync()
         await self._run(self._settle, item)
         self._schedule(item)
 
@@ -207,11 +212,11 @@ class Runner:
             await self._run(self._defer, item, f"archive failed: {error}", error.retry_after)
             self._schedule(item)
             return False
-        await self._run(self.spool.save, item)
         maillog.event("archived", item.id, location=item.archived)
         return True
 
-    async def _deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+    async def _deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> bool:
+        """One attempt; the outcome is recorded on ``delivery``. True when delivered."""
         deliverer = self.deliverers.get(delivery.action)
         try:
             if deliverer is None:
@@ -219,15 +224,15 @@ class Runner:
             await self._run(deliverer.deliver, item, delivery, message)
         except Exception as exc:
             self._record_failure(item, delivery, classify(exc))
-        else:
-            delivery.status = DELIVERED
-            delivery.attempts += 1
-            delivery.delivered_at = self.clock()
-            delivery.last_error = ""
-            self.metrics.deliveries.labels(action=delivery.action, outcome="delivered").inc()
-            maillog.event("delivered", item.id, action=delivery.action, target=delivery.target,
-                          recipients=delivery.recipients, attempts=delivery.attempts)
-        await self._run(self.spool.save, item)
+            return False
+        delivery.status = DELIVERED
+        delivery.attempts += 1
+        delivery.delivered_at = self.clock()
+        delivery.last_error = ""
+        self.metrics.deliveries.labels(action=delivery.action, outcome="delivered").inc()
+        maillog.event("delivered", item.id, action=delivery.action, target=delivery.target,
+                      recipients=delivery.recipients, attempts=delivery.attempts)
+        return True
 
     def _record_failure(self, item: QueueItem, delivery: Delivery, error: DeliveryError) -> None:
         delivery.last_error = str(error)

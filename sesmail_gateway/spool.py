@@ -63,17 +63,23 @@ def _encode(item: QueueItem) -> bytes:
     return json.dumps(item.to_dict(), separators=(",", ":"), sort_keys=True).encode()
 
 
-class _GroupCommit:
-    """Batches durable commits: whoever arrives while a flush runs joins the next one."""
+Rename = tuple[Path, Path] | None
 
-    def __init__(self, flush: Callable[[list[tuple[Path, Path]]], list[BaseException | None]]) -> None:
+
+class _GroupCommit:
+    """Batches durable commits: whoever arrives while a flush runs joins the next one.
+
+    A job is a rename to make after the flush, or None for "just flush".
+    """
+
+    def __init__(self, flush: Callable[[list[Rename]], list[BaseException | None]]) -> None:
         self._flush = flush
-        self._pending: list[tuple[tuple[Path, Path], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Rename, asyncio.Future[None]]] = []
         self._running: asyncio.Task[None] | None = None
 
-    async def commit(self, src: Path, dst: Path) -> None:
+    async def commit(self, job: Rename) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((src, dst), future))
+        self._pending.append((job, future))
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._drain())
         await future
@@ -99,7 +105,7 @@ class Spool:
         self.root = root
         for name in (TMP, CORRUPT, *STATES):
             ensure_dir(root / name)
-        self._fs = FilesystemSync(root)
+        self.fs = FilesystemSync(root)
         self._on_commit = on_commit
         self._group = _GroupCommit(self._flush)
 
@@ -121,26 +127,40 @@ class Spool:
         tmp = self.root / TMP / item.id
         await asyncio.to_thread(self._write_tmp, tmp, item, chunks)
         try:
-            await self._group.commit(tmp, self.root / item.state / item.id)
+            await self._group.commit((tmp, self.root / item.state / item.id))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    async def sync(self) -> None:
+        """Make every file written so far (spool, archive, Maildir) durable, sharing one flush."""
+        if self.fs.available:
+            await self._group.commit(None)
+
+    @property
+    def sync_each(self) -> bool:
+        """True where writers must fsync each file themselves (no group flush here)."""
+        return not self.fs.available
+
     def _write_tmp(self, tmp: Path, item: QueueItem, chunks: tuple[bytes, ...]) -> None:
-        sync_each = not self._fs.available
+        sync_each = self.sync_each
         tmp.mkdir(mode=0o750)
         write_file(tmp / MESSAGE, *chunks, sync=sync_each)
         write_file(tmp / META, _encode(item), sync=sync_each)
         if sync_each:
             fsync_dir(tmp)
 
-    def _flush(self, jobs: list[tuple[Path, Path]]) -> list[BaseException | None]:
+    def _flush(self, jobs: list[Rename]) -> list[BaseException | None]:
         started = time.perf_counter()
-        if self._fs.available:
-            self._fs.sync()
+        if self.fs.available:
+            self.fs.sync()
         results: list[BaseException | None] = []
         targets: set[Path] = set()
-        for src, dst in jobs:
+        for job in jobs:
+            if job is None:
+                results.append(None)
+                continue
+            src, dst = job
             try:
                 os.rename(src, dst)
                 targets.add(dst.parent)
@@ -149,8 +169,9 @@ class Spool:
                 results.append(exc)
         for folder in targets:
             fsync_dir(folder)
-        if self._on_commit:
-            self._on_commit(time.perf_counter() - started, len(jobs))
+        renames = sum(job is not None for job in jobs)
+        if self._on_commit and renames:
+            self._on_commit(time.perf_counter() - started, renames)
         return results
 
     # -- reading -----------------------------------------------------------

@@ -132,6 +132,18 @@ class Gateway:
         self.proc.kill()
         self.proc.wait()
 
+    def kill_all(self) -> None:
+        """kill -9 the daemon and every worker process it started."""
+        assert self.proc is not None
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        self.proc.kill()
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -1,21 +1,28 @@
-"""Folder archive: ``<root>/<YYYY-MM-DD>/<queue-id>.eml``, written durably."""
+"""Folder archive: ``<root>/<YYYY-MM-DD>/<queue-id>.eml``.
+
+With a group flush (``fs``), files are written unsynced and become durable
+with the runner's next shared flush, before the spool forgets the message.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from sesmail_gateway.fsutil import atomic_write, ensure_dir
+from sesmail_gateway.fsutil import FilesystemSync, atomic_write, ensure_dir
 from sesmail_gateway.message import QueueItem
 
 
 class FolderArchiver:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, fs: FilesystemSync | None = None) -> None:
+        self.root = ensure_dir(root)
+        self.fs = fs if fs is not None and fs.available else None
+        if self.fs is not None:
+            self.fs.track(self.root)
 
     def archive(self, item: QueueItem, message: bytes) -> str:
         day = time.strftime("%Y-%m-%d", time.gmtime(item.created))
         folder = ensure_dir(self.root / day)
         path = folder / f"{item.id}.eml"
-        atomic_write(path, message)
+        atomic_write(path, message, sync=self.fs is None)
         return str(path)

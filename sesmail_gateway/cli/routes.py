@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from sesmail_gateway import replies
 from sesmail_gateway.cli.common import CliError, Handler, json_flag, load_config, print_json, print_table
@@ -29,7 +29,8 @@ from sesmail_gateway.routes.records import (
 )
 from sesmail_gateway.routes.resolver import RouteResolver, normalise_address, rcpt_verdict
 
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+# A string: the class is not subscriptable at run time.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -39,14 +40,7 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         description="Manage the routing rules in rules.url and explain how an address routes.",
     )
     leaves = group.add_subparsers(dest="routes_command", metavar="ACTION", required=True)
-    add = _leaf(leaves, common, "add", cmd_add, "create or replace the rule for PATTERN (keeps created_at)")
-    _pattern_argument(add)
-    add.add_argument("--action", dest="steps", action=_InOrder, const="action", metavar="ACTION",
-                     help=f"one of {', '.join(KNOWN_ACTIONS)}; repeat for several actions")
-    add.add_argument("--target", dest="steps", action=_InOrder, const="target", metavar="TARGET",
-                     help="target of the --action before it: a Gmail address or a Maildir path")
-    add.add_argument("--description", default="", help="free text shown by list and get")
-    add.add_argument("--disabled", action="store_true", help="store the rule switched off")
+    _register_add(leaves, common)
     json_flag(_leaf(leaves, common, "list", cmd_list, "list every rule"))
     get = _leaf(leaves, common, "get", cmd_get, "show the rule for PATTERN")
     _pattern_argument(get)
@@ -63,6 +57,17 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     test = _leaf(leaves, common, "test", cmd_test, "show which rule routes ADDRESS, and why")
     test.add_argument("address", metavar="ADDRESS")
     json_flag(test)
+
+
+def _register_add(leaves: Subparsers, common: argparse.ArgumentParser) -> None:
+    add = _leaf(leaves, common, "add", cmd_add, "create or replace the rule for PATTERN (keeps created_at)")
+    _pattern_argument(add)
+    add.add_argument("--action", dest="steps", action=_InOrder, const="action", metavar="ACTION",
+                     help=f"one of {', '.join(KNOWN_ACTIONS)}; repeat for several actions")
+    add.add_argument("--target", dest="steps", action=_InOrder, const="target", metavar="TARGET",
+                     help="target of the --action before it: a Gmail address or a Maildir path")
+    add.add_argument("--description", default="", help="free text shown by list and get")
+    add.add_argument("--disabled", action="store_true", help="store the rule switched off")
 
 
 def _leaf(leaves: Subparsers, common: argparse.ArgumentParser, name: str, handler: Handler,
@@ -208,7 +213,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     if match.rule is None and reply == replies.NO_SUCH_USER:
         print(f"no route: mail to {address} would be refused with {reply.code} {reply.enhanced}")
     else:
-        print(f"answer:   {reply.code} {reply.enhanced} ({reason})")
+        print(f"answer:   {reply}")
+        if reply.code >= 400:
+            print(f"because:  {reason}")
     return 0
 
 
@@ -224,8 +231,12 @@ def read_scan_file(file: str) -> list[Item]:
     except UnicodeDecodeError as exc:
         raise CliError(f"{file}: not UTF-8 text: {exc}") from None
     try:
-        items = parse_scan_document(json.loads(text))
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{file}: not valid JSON: {exc}") from None
+    try:
+        items = parse_scan_document(document)
+    except ValueError as exc:
         raise CliError(f"{file}: {exc}") from None
     ready = []
     for index, item in enumerate(items):

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from sesmail_gateway.errors import PermanentFailure
-from sesmail_gateway.fsutil import ensure_dir, fsync_dir, write_file
+from sesmail_gateway.fsutil import FilesystemSync, ensure_dir, fsync_dir, write_file
 from sesmail_gateway.message import Delivery, QueueItem
 
 JUNK = ".Junk"
@@ -26,8 +26,11 @@ def ensure_maildir(path: Path) -> Path:
 
 
 class MaildirDeliverer:
-    def __init__(self, data_dir: Path) -> None:
+    """Delivers into Maildirs; with a group flush (``fs``) the files are synced by the runner's shared flush."""
+
+    def __init__(self, data_dir: Path, fs: FilesystemSync | None = None) -> None:
         self.data_dir = data_dir
+        self.fs = fs if fs is not None and fs.available else None
         self.host = socket.gethostname().replace("/", "_").replace(":", "_")
 
     def folder_for(self, item: QueueItem, delivery: Delivery) -> Path:
@@ -39,14 +42,17 @@ class MaildirDeliverer:
 
     def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
         folder = ensure_maildir(self.folder_for(item, delivery))
+        if self.fs is not None:
+            self.fs.track(folder)
         name = f"{int(item.created)}.{item.id}_{_slug(delivery.key)}.{self.host}"
         if self._already_delivered(folder, name, look_in_cur=delivery.attempts > 0):
             return
         tmp = folder / "tmp" / name
-        write_file(tmp, message, mode=0o600)
+        write_file(tmp, message, mode=0o600, sync=self.fs is None)
         os.link(tmp, folder / "new" / name)
         os.unlink(tmp)
-        fsync_dir(folder / "new")
+        if self.fs is None:
+            fsync_dir(folder / "new")
 
     @staticmethod
     def _already_delivered(folder: Path, name: str, *, look_in_cur: bool) -> bool:

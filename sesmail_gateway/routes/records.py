@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, DecimalException
@@ -273,32 +273,33 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to everything that is not a list, tuple, map or set."""
+    if isinstance(value, (list, tuple)):
+        return [_map_leaves(entry, leaf) for entry in value]
+    if isinstance(value, dict):
+        return {key: _map_leaves(entry, leaf) for key, entry in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return {_map_leaves(entry, leaf) for entry in value}
+    return leaf(value)
+
+
 def _plain(value: Any) -> Any:
     """Decimals → int/float and Binary → bytes, so records are ordinary JSON-able values."""
+    return _map_leaves(value, _plain_leaf)
+
+
+def _plain_leaf(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, Binary):
         return bytes(value.value)
-    if isinstance(value, list):
-        return [_plain(entry) for entry in value]
-    if isinstance(value, dict):
-        return {key: _plain(entry) for key, entry in value.items()}
-    if isinstance(value, set):
-        return {_plain(entry) for entry in value}
     return value
 
 
 def _decimals(value: Any) -> Any:
     """Floats → Decimal, which boto3's serializer insists on."""
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, (list, tuple)):
-        return [_decimals(entry) for entry in value]
-    if isinstance(value, dict):
-        return {key: _decimals(entry) for key, entry in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return {_decimals(entry) for entry in value}
-    return value
+    return _map_leaves(value, lambda leaf: Decimal(repr(leaf)) if isinstance(leaf, float) else leaf)
 
 
 def _json_ready(typed: Any) -> Any:

@@ -20,8 +20,8 @@ MATCHED, DISABLED, ABSENT = "matched", "disabled", "absent"
 
 
 def normalise_address(address: str) -> str:
-    """Addresses compare case-insensitively, ignoring surrounding blanks."""
-    return address.strip().lower()
+    """Addresses compare case-insensitively, ignoring surrounding blanks and a root dot (``dom.``)."""
+    return address.strip().lower().rstrip(".")
 
 
 def candidates(address: str) -> list[tuple[str, str]]:
@@ -72,7 +72,7 @@ def rcpt_verdict(match: Match, *, bounce_mode: str) -> tuple[Reply, str]:
         )
     if bounce_mode == "reject" and any(action.type == "bounce" for action in rule.actions):
         return replies.NO_SUCH_USER, f"rule {rule.pattern} bounces and bounce.mode is reject"
-    return replies.RECIPIENT_OK, f"rule {rule.pattern} ({match.level})"
+    return replies.RECIPIENT_OK, f"routed by rule {rule.pattern} ({match.level})"
 
 
 class RouteResolver:

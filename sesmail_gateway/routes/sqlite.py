@@ -51,6 +51,8 @@ class SqliteRouteStore:
     ) -> None:
         """Open the store; with ``create`` make the folder, file and schema when missing."""
         self.path = Path(path)
+        # Fixed now, so a later chdir cannot point the store at another file.
+        self._uri = self.path.absolute().as_uri()
         self._busy_timeout = busy_timeout
         self._now = now
         if create:
@@ -144,8 +146,7 @@ class SqliteRouteStore:
         error, not an empty one that answers "no rule" for every address.
         """
         try:
-            uri = f"{self.path.absolute().as_uri()}?mode={mode}"
-            conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(f"{self._uri}?mode={mode}", uri=True, timeout=self._busy_timeout, isolation_level=None)
         except (sqlite3.Error, ValueError) as exc:
             raise RouteStoreError(f"rule store {self.path}: {exc}") from exc
         try:

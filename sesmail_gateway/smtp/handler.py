@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,17 @@ from typing import Any
 from sesmail_gateway import maillog, replies
 from sesmail_gateway.config import Config
 from sesmail_gateway.message import Client, QueueItem, RecipientRoute, plan_deliveries
-from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.metrics import SessionMetrics
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.routes import RouteStoreError
 from sesmail_gateway.routes.resolver import RouteResolver
 from sesmail_gateway.spool import Spool, new_queue_id
 
 log = logging.getLogger(__name__)
+
+NULL_SENDER = "<>"
+# Client-supplied text in a header: a bare CR or LF (which aiosmtpd lets through) would start a forged header.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def split_address(address: str) -> tuple[str, str] | None:
@@ -36,14 +41,15 @@ def split_address(address: str) -> tuple[str, str] | None:
 def received_header(*, item: QueueItem, hostname: str, esmtp: bool) -> bytes:
     """RFC 5321 trace header; ``for`` only with one recipient, so Bcc lists do not leak."""
     protocol = ("ESMTPS" if item.client.tls else "ESMTP") if esmtp else "SMTP"
-    helo = item.client.helo or "unknown"
+    helo = _CONTROL.sub("?", item.client.helo or "unknown")
+    reverse = _CONTROL.sub("?", item.client.reverse_name or "unknown")
     lines = [
-        f"Received: from {helo} ({item.client.reverse_name or 'unknown'} [{item.client.ip}])",
+        f"Received: from {helo} ({reverse} [{item.client.ip}])",
         f"\tby {hostname} (sesmail-gateway) with {protocol} id {item.id}",
     ]
     when = email.utils.formatdate(item.created, localtime=False)
     if len(item.recipients) == 1:
-        lines.append(f"\tfor <{item.recipients[0].address}>; {when}")
+        lines.append(f"\tfor <{_CONTROL.sub('?', item.recipients[0].address)}>; {when}")
     else:
         lines[-1] += ";"
         lines.append(f"\t{when}")
@@ -57,7 +63,7 @@ class GatewayHandler:
         config: Config,
         resolver: RouteResolver,
         spool: Spool,
-        metrics: Metrics,
+        metrics: SessionMetrics,
         on_queued: Callable[[QueueItem], None],
     ) -> None:
         self.config = config
@@ -77,7 +83,8 @@ class GatewayHandler:
         return kept
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
-        if address and split_address(address) is None:
+        # aiosmtpd hands the null reverse-path of bounces and DSNs over as the literal "<>".
+        if address and address != NULL_SENDER and split_address(address) is None:
             return str(replies.BAD_SENDER)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -87,7 +94,7 @@ class GatewayHandler:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         reply, route = await self._recipient_policy(envelope, address)
         if route is None:
-            self.metrics.rejected.labels(reason=_reason(reply)).inc()
+            self.metrics.refused(_reason(reply))
             maillog.event("rejected", None, stage="rcpt", client=_peer_ip(session), sender=envelope.mail_from,
                           recipient=address, reply=str(reply))
             return str(reply)
@@ -107,11 +114,10 @@ class GatewayHandler:
             await self.spool.enqueue(item, header, content)
         except OSError as exc:
             log.error("spool: cannot queue %s: %s", item.id, exc)
-            self.metrics.rejected.labels(reason="spool-error").inc()
+            self.metrics.refused("spool-error")
             maillog.event("rejected", item.id, stage="data", reply=str(replies.SPOOL_ERROR), error=str(exc))
             return str(replies.SPOOL_ERROR)
-        self.metrics.accepted.inc()
-        self.metrics.accept_bytes.inc(item.size)
+        self.metrics.message_accepted(item.size)
         maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
                       deliveries=[d.key for d in item.deliveries])
         self.on_queued(item)
@@ -125,10 +131,10 @@ class GatewayHandler:
     # -- called by the session for refusals it makes itself -----------------
 
     def connection_refused(self, reply: Reply) -> None:
-        self.metrics.connections.labels(outcome=_reason(reply)).inc()
+        self.metrics.connection_refused(_reason(reply))
 
     def size_refused(self) -> None:
-        self.metrics.rejected.labels(reason="size").inc()
+        self.metrics.refused("size")
 
     # -- policy ------------------------------------------------------------
 
@@ -160,8 +166,9 @@ class GatewayHandler:
         peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
         client = Client(ip=str(peer[0]), port=int(peer[1]), helo=session.host_name or "", tls=session.ssl is not None)
         recipients: list[RecipientRoute] = list(envelope.routes)
+        sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
         return QueueItem(
-            id=new_queue_id(), sender=envelope.mail_from or "", recipients=recipients, client=client,
+            id=new_queue_id(), sender=sender, recipients=recipients, client=client,
             created=time.time(), deliveries=plan_deliveries(recipients),
         )
 

@@ -10,9 +10,11 @@ for ``SIZE=``, no AUTH on an inbound MX, and the chunked DATA reader.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -25,6 +27,22 @@ log = logging.getLogger(__name__)
 
 _SIZE_PARAM = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
 JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP")
+
+
+class _CommandTable(dict[str, Any]):
+    """aiosmtpd's command table, answering unknown commands with one handler.
+
+    aiosmtpd hangs up after five unknown commands with its own 502; routed
+    here they count against ``junk_command_limit`` like NOOP and RSET.
+    """
+
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]]) -> None:
+        super().__init__(methods)
+        self.unknown = unknown
+
+    def get(self, command: str, default: Any = None) -> Any:
+        method = super().get(command)
+        return method if method is not None else functools.partial(self.unknown, command)
 
 
 class Gate:
@@ -73,6 +91,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.junk_limit = junk_limit
         self.junk_used = 0
         self.in_data = False
+        self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command)
 
     @property
     def client_ip(self) -> str:
@@ -122,6 +141,10 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             self.transport.close()
         return True
 
+    async def _unknown_command(self, command: str, arg: str | None) -> None:
+        if not await self._junk(command):
+            await self.push("500 5.5.2 Error: command not recognized")
+
     async def smtp_NOOP(self, arg: str | None) -> None:
         if not await self._junk("NOOP"):
             await super().smtp_NOOP(arg)
@@ -159,23 +182,24 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # In DATA until the reply is known: a drain lets the spool write finish and the 250 go out.
         self.in_data = True
         self._reset_timeout(self.data_timeout)
         try:
             result = await read_data(self._reader, self.data_size_limit)
+            # Bytes after the terminator are pipelined commands: hand them back to the reader.
+            if result.leftover:
+                self._reader._buffer[0:0] = result.leftover
+            if result.content is None:
+                self.event_handler.size_refused()
+                status = str(replies.MESSAGE_TOO_BIG)
+            else:
+                self.envelope.content = self.envelope.original_content = result.content
+                status = await self._call_handler_hook("DATA")
+                if status.startswith("250"):
+                    self.junk_used = 0
         finally:
             self.in_data = False
-        # Bytes after the terminator are pipelined commands: hand them back to the reader.
-        if result.leftover:
-            self._reader._buffer[0:0] = result.leftover
-        if result.content is None:
-            self.event_handler.size_refused()
-            status = str(replies.MESSAGE_TOO_BIG)
-        else:
-            self.envelope.content = self.envelope.original_content = result.content
-            status = await self._call_handler_hook("DATA")
-            if status.startswith("250"):
-                self.junk_used = 0
         self._set_post_data_state()
         self._reset_timeout()
         await self.push(status)

@@ -44,15 +44,16 @@ def send_all(gateway: Gateway, client: int, acked: list[str], deadline: float) -
 
 
 @pytest.mark.slow
-def test_01_kill_9_during_load_loses_no_acknowledged_message(make_gateway: Callable[..., Gateway]) -> None:
-    gateway = make_gateway()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_01_kill_9_during_load_loses_no_acknowledged_message(make_gateway: Callable[..., Gateway], workers: int) -> None:
+    gateway = make_gateway({"smtp": {"workers": workers}})
     acked: list[str] = []
     deadline = time.monotonic() + 90
     threads = [threading.Thread(target=send_all, args=(gateway, c, acked, deadline)) for c in range(CLIENTS)]
     for thread in threads:
         thread.start()
     wait_for(lambda: len(acked) >= 60, timeout=30)
-    gateway.kill()
+    gateway.kill_all()
     acked_before_kill = len(acked)
     time.sleep(0.3)
     gateway.start()
@@ -64,7 +65,7 @@ def test_01_kill_9_during_load_loses_no_acknowledged_message(make_gateway: Calla
              timeout=30)
     delivered = Counter(m.group(1).decode() for raw in gateway.delivered() if (m := SEQ.search(raw)))
     duplicates = {seq: n for seq, n in delivered.items() if n > 1}
-    print(f"\ncrash test: {acked_before_kill} acknowledged before kill -9, {len(set(acked))} in all, "
+    print(f"\ncrash test ({workers} worker(s)): {acked_before_kill} acknowledged before kill -9, {len(set(acked))} in all, "
           f"{sum(delivered.values())} delivered, {len(duplicates)} duplicate(s) {sorted(duplicates)}")
     assert set(delivered) == set(acked)
     assert len(duplicates) <= CLIENTS, "only messages in flight at the kill may arrive twice"

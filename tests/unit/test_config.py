@@ -96,3 +96,12 @@ def test_shipped_configs_load() -> None:
     assert set(local.gateway.domains) == {"example.test", "localhost"}
     assert local.rules.url.startswith("sqlite://")
     assert local.archive.url.startswith("file://")
+
+
+def test_production_example_loads_and_names_aws_backends() -> None:
+    root = Path(__file__).resolve().parents[2]
+    example = load(root / "config" / "gateway.example.toml")
+    assert example.rules.url.startswith("dynamodb://")
+    assert example.archive.url.startswith("s3://")
+    assert example.gmail.tokens.startswith("ssm://")
+    assert example.smtp.listen == ("0.0.0.0:25", "[::]:25")

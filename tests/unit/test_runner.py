@@ -91,7 +91,7 @@ async def started(spool: Spool, tmp_path: Path, target: ScriptedTarget, *, archi
 async def queue(spool: Spool, runner: Runner | None, queued: QueueItem) -> None:
     await spool.enqueue(queued, b"Subject: t\r\n\r\nbody\r\n")
     if runner:
-        runner.notify(queued)
+        runner.notify(queued.id)
 
 
 def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:

@@ -1,0 +1,197 @@
+"""SMTP worker processes: ``smtp.workers`` processes share the port (SO_REUSEPORT).
+
+Each worker runs SMTP sessions, route look-ups and checks, and writes into
+the one spool (queue ids carry the pid, so they stay unique). The main
+process keeps the runner, /metrics and the supervision: it restarts a
+worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain.
+Workers report metrics and queued ids to the main process over a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from sesmail_gateway import maillog
+from sesmail_gateway.config import Config
+from sesmail_gateway.message import QueueItem
+from sesmail_gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.25
+
+
+def worker_count(config: Config) -> int:
+    return config.smtp.workers or os.cpu_count() or 1
+
+
+class MetricsRelay:
+    """SessionMetrics in a worker: events are batched and sent to the main process."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._events: list[tuple[str, tuple[Any, ...]]] = []
+
+    def observe_commit(self, seconds: float, batch: int) -> None:
+        self._events.append(("observe_commit", (seconds, batch)))
+
+    def message_accepted(self, size: int) -> None:
+        self._events.append(("message_accepted", (size,)))
+
+    def refused(self, reason: str) -> None:
+        self._events.append(("refused", (reason,)))
+
+    def connection_refused(self, outcome: str) -> None:
+        self._events.append(("connection_refused", (outcome,)))
+
+    def queued(self, item: QueueItem) -> None:
+        self._events.append(("queued", (item.id,)))
+
+    def flush(self) -> None:
+        if self._events:
+            events, self._events = self._events, []
+            self._conn.send(("events", events))
+
+
+APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused"})
+
+
+def run_worker(config: Config, index: int, conn: Connection) -> None:
+    """Entry point of a worker process."""
+    maillog.configure()
+    asyncio.run(_worker(config, index, conn))
+
+
+async def _worker(config: Config, index: int, conn: Connection) -> None:
+    from sesmail_gateway.routes.factory import open_route_store
+    from sesmail_gateway.routes.resolver import RouteResolver
+    from sesmail_gateway.smtp.handler import GatewayHandler
+    from sesmail_gateway.smtp.server import SMTPServer
+    from sesmail_gateway.spool import Spool
+
+    relay = MetricsRelay(conn)
+    spool = Spool(config.data_dir / "spool", on_commit=relay.observe_commit)
+    store = open_route_store(config)
+    resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
+    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, on_queued=relay.queued)
+    server = SMTPServer(config, handler)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides
+    loop.add_signal_handler(signal.SIGHUP, resolver.invalidate)
+    await server.start()
+    conn.send(("ready", index))
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            relay.flush()
+
+    flushing = asyncio.create_task(flusher())
+    await stop.wait()
+    await server.drain(timeout=config.smtp.data_timeout)
+    flushing.cancel()
+    relay.flush()
+    store.close()
+    conn.close()
+
+
+class WorkerPool:
+    """Starts, watches and stops the worker processes."""
+
+    def __init__(self, config: Config, metrics: Metrics, on_queued: Callable[[str], None]) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.on_queued = on_queued
+        self.count = worker_count(config)
+        self._context = multiprocessing.get_context("spawn")
+        self._procs: dict[int, tuple[BaseProcess, Connection]] = {}
+        self._ready: set[int] = set()
+        self._all_ready = asyncio.Event()
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        for index in range(self.count):
+            self._spawn(index)
+        await asyncio.wait_for(self._all_ready.wait(), timeout)
+        self._watch = asyncio.create_task(self._supervise())
+
+    def _spawn(self, index: int) -> None:
+        parent, child = self._context.Pipe(duplex=False)
+        proc = self._context.Process(target=run_worker, args=(self.config, index, child),
+                                     name=f"smtp-worker-{index}", daemon=False)
+        proc.start()
+        child.close()
+        self._procs[index] = (proc, parent)
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
+
+    def _receive(self, index: int, conn: Connection) -> None:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            return
+        self._handle(index, message)
+
+    def _handle(self, index: int, message: tuple[str, Any]) -> None:
+        kind, payload = message
+        if kind == "ready":
+            self._ready.add(index)
+            if len(self._ready) == self.count:
+                self._all_ready.set()
+            return
+        for name, args in payload:
+            if name == "queued":
+                self.on_queued(args[0])
+            elif name in APPLICABLE:
+                getattr(self.metrics, name)(*args)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            for index, (proc, conn) in list(self._procs.items()):
+                if proc.is_alive() or self._stopping:
+                    continue
+                log.error("workers: smtp worker %d exited with %s; restarting", index, proc.exitcode)
+                self._ready.discard(index)
+                conn.close()
+                self._spawn(index)
+
+    @property
+    def healthy(self) -> bool:
+        return len(self._ready) == self.count and all(p.is_alive() for p, _ in self._procs.values())
+
+    def signal_all(self, signum: int) -> None:
+        for proc, _ in self._procs.values():
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each drains its sessions) and wait for them."""
+        self._stopping = True
+        if self._watch:
+            self._watch.cancel()
+        self.signal_all(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        for proc, conn in self._procs.values():
+            await loop.run_in_executor(None, proc.join, self.config.smtp.data_timeout + 5)
+            if proc.is_alive():
+                proc.kill()
+            loop.remove_reader(conn.fileno())
+            # Apply what the worker sent last before it exited.
+            try:
+                while conn.poll():
+                    self._handle(-1, conn.recv())
+            except (EOFError, OSError):
+                pass
+            conn.close()
