@@ -30,7 +30,7 @@ from sesmail_gateway.routes.resolver import RouteResolver
 from sesmail_gateway.runner import Runner
 from sesmail_gateway.smtp.handler import GatewayHandler
 from sesmail_gateway.smtp.server import SMTPServer
-from sesmail_gateway.spool import Spool
+from sesmail_gateway.spool import Spool, run_checkpoints
 from sesmail_gateway.workers import WorkerPool, worker_count
 
 log = logging.getLogger(__name__)
@@ -91,17 +91,18 @@ class Gateway:
             deliverers=build_deliverers(config, self.spool.fs),
             config=config.delivery, metrics=self.metrics,
         )
+        self.spool.on_ready = self.runner.notify
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
         self.pool: WorkerPool | None = None
         if worker_count(config) == 1:
-            handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool,
-                                     metrics=self.metrics, on_queued=lambda item: self.runner.notify(item.id))
+            handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool, metrics=self.metrics)
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
         self.metrics_server: MetricsServer | None = None
         self._stop = asyncio.Event()
+        self._checkpoints: asyncio.Task[None] | None = None
         self.bound: list[tuple[str, int]] = []
 
     def healthy(self) -> tuple[bool, str]:
@@ -115,6 +116,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.runner.start()
+        self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
         if self.smtp is not None:
             self.bound = await self.smtp.start()
         if self.pool is not None:
@@ -141,6 +143,9 @@ class Gateway:
         if self.pool is not None:
             await self.pool.stop()
         await self.runner.stop()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+        await self.spool.close()
         if self.metrics_server:
             self.metrics_server.stop()
         self.store.close()

@@ -17,7 +17,7 @@ class Reply:
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
 
-    def with_text(self, text: str) -> "Reply":
+    def with_text(self, text: str) -> Reply:
         return Reply(self.code, self.enhanced, text)
 
     @property

@@ -10,6 +10,7 @@ only what is still pending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
@@ -40,7 +41,7 @@ def backoff_delay(
     The jitter keeps between half and all of the step so a burst of failures
     spreads out; a longer Retry-After from the remote side wins.
     """
-    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    step = min(cap, base * 2.0 ** max(0, attempt - 1))
     delay = step * (0.5 + 0.5 * rng())
     if retry_after is not None and retry_after > delay:
         delay = retry_after
@@ -155,10 +156,8 @@ class Runner:
                 self._submit(DEFERRED, queue_id)
             wait = min(self._timers[0][0] - now, 1.0) if self._timers else 1.0
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
-            except TimeoutError:
-                pass
 
     async def _worker(self) -> None:
         while True:
@@ -192,7 +191,8 @@ class Runner:
                 # first make what was written (archive, Maildir) durable.
                 await self.spool.sync()
                 await self._run(self.spool.save, item)
-        await self.spool.sync()
+        if item.pending() or item.failed():
+            await self.spool.sync()  # the record saved next must not outrun the files it describes
         await self._run(self._settle, item)
         self._schedule(item)
 
@@ -257,7 +257,7 @@ class Runner:
             if item.failed():
                 self._dead(item, "; ".join(f"{d.key}: {d.last_error}" for d in item.failed()))
             else:
-                self.spool.remove(item)
+                self.spool.finish(item)
             return
         if item.held_account:
             item.reason = f"held: Gmail token for {item.held_account} is expired or revoked"

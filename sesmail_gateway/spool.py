@@ -1,18 +1,30 @@
 """The durable queue: one folder per message, one folder per state.
 
+    spool/journal/*.wal        acceptance journals (see journal.py)
     spool/tmp/<id>/            being written; never acknowledged
     spool/incoming/<id>/       accepted (250 sent), waiting for the runner
     spool/active/<id>/         claimed by the runner
     spool/deferred|held|dead|rejected/<id>/
-    spool/corrupt/<id>/        unreadable metadata, kept for a person
+    spool/done/<id>/           finished; kept until no journal can bring it back
+    spool/corrupt/<id>/        unreadable, kept for a person
 
 Each message folder holds ``message.eml`` (our headers prepended to the
 bytes received) and ``meta.json`` (the QueueItem). A message folder moves
 between states by one rename, so its two files always travel together.
 
-``enqueue`` returns only when the message is durable: files written, the
-filesystem flushed, the folder renamed into its state and that state's
-folder fsynced. Concurrent enqueues share one flush (group commit).
+``enqueue`` returns only when the message is durable. On Linux (syncfs
+available) that is when it has been appended to the process's journal and
+the journal fdatasynced; one append and one fdatasync serve every session
+that arrived meanwhile (group commit), and no file is created on that path.
+The message folder is then written in the background (tmp/ → rename into
+its state, unsynced) and ``on_ready`` tells the runner. A checkpoint every
+second flushes the filesystems once (syncfs), which makes those folders and
+everything the runner wrote (archive, Maildir) durable, and then deletes
+the journals whose messages all have folders. After a crash, ``recover``
+puts back from the journals any message whose folder did not survive.
+
+Without syncfs, every file and folder is fsynced before the 250 and the
+journal is not used.
 """
 
 from __future__ import annotations
@@ -23,12 +35,22 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sesmail_gateway.fsutil import FilesystemSync, atomic_write, durable_rename, ensure_dir, fsync_dir, write_file
+from sesmail_gateway import journal
+from sesmail_gateway.fsutil import (
+    FilesystemSync,
+    atomic_write,
+    durable_rename,
+    ensure_dir,
+    fsync_dir,
+    write_file,
+)
+from sesmail_gateway.groupcommit import GroupCommit
 from sesmail_gateway.message import ACTIVE, INCOMING, STATES, QueueItem
 
 log = logging.getLogger(__name__)
@@ -36,7 +58,9 @@ log = logging.getLogger(__name__)
 MESSAGE = "message.eml"
 META = "meta.json"
 TMP = "tmp"
+DONE = "done"
 CORRUPT = "corrupt"
+JOURNAL = "journal"
 
 
 class SpoolError(Exception):
@@ -48,6 +72,20 @@ class Recovery:
     resumed: int = 0
     discarded_tmp: int = 0
     corrupt: int = 0
+    replayed: int = 0
+
+
+@dataclass
+class _Accept:
+    item: QueueItem
+    meta: bytes
+    chunks: tuple[bytes, ...]
+    journal: journal.Journal | None = None
+
+
+# Messages journaled but not yet written to their folders are held in memory;
+# past this many, new acceptances wait (backpressure instead of unbounded memory).
+MAX_UNWRITTEN = 512
 
 
 _counter = itertools.count()
@@ -59,55 +97,45 @@ def new_queue_id() -> str:
     return f"{micros:013X}{os.getpid() & 0xFFFFF:05X}{next(_counter) & 0xFFFF:04X}"
 
 
+async def run_checkpoints(spool: Spool, interval: float = 1.0) -> None:
+    """Checkpoint every ``interval`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(spool.checkpoint)
+        except OSError as exc:
+            # Journals stay until a checkpoint succeeds: nothing is lost, disk use grows.
+            log.error("spool: checkpoint failed: %s", exc)
+
+
 def _encode(item: QueueItem) -> bytes:
     return json.dumps(item.to_dict(), separators=(",", ":"), sort_keys=True).encode()
 
 
-Rename = tuple[Path, Path] | None
-
-
-class _GroupCommit:
-    """Batches durable commits: whoever arrives while a flush runs joins the next one.
-
-    A job is a rename to make after the flush, or None for "just flush".
-    """
-
-    def __init__(self, flush: Callable[[list[Rename]], list[BaseException | None]]) -> None:
-        self._flush = flush
-        self._pending: list[tuple[Rename, asyncio.Future[None]]] = []
-        self._running: asyncio.Task[None] | None = None
-
-    async def commit(self, job: Rename) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, future))
-        if self._running is None or self._running.done():
-            self._running = asyncio.create_task(self._drain())
-        await future
-
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                results = await asyncio.to_thread(self._flush, [job for job, _ in batch])
-            except BaseException as exc:  # the whole flush failed: every waiter hears it
-                results = [exc] * len(batch)
-            for (_, future), error in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-
-
 class Spool:
-    def __init__(self, root: Path, *, on_commit: Callable[[float, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        on_commit: Callable[[float, int], None] | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
         self.root = root
-        for name in (TMP, CORRUPT, *STATES):
+        for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES):
             ensure_dir(root / name)
         self.fs = FilesystemSync(root)
+        self.journaled = self.fs.available
         self._on_commit = on_commit
-        self._group = _GroupCommit(self._flush)
+        self.on_ready = on_ready  # told each queue id whose folder is written (the runner's doorbell)
+        self._accepts: GroupCommit[_Accept] = GroupCommit(self._commit_accepts)
+        self._syncs: GroupCommit[None] = GroupCommit(self._commit_sync)
+        self._writes: GroupCommit[_Accept] = GroupCommit(self._write_folders)
+        self._room: asyncio.Semaphore | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+        self._lock = threading.Lock()
+        self._journal: journal.Journal | None = None
+        self._closed: list[journal.Journal] = []
+        self._finished: list[QueueItem] = []
 
     # -- paths -------------------------------------------------------------
 
@@ -123,56 +151,168 @@ class Spool:
     # -- acceptance --------------------------------------------------------
 
     async def enqueue(self, item: QueueItem, *chunks: bytes) -> None:
-        """Store the message durably in ``item.state``; raises OSError on any failure."""
-        tmp = self.root / TMP / item.id
-        await asyncio.to_thread(self._write_tmp, tmp, item, chunks)
+        """Store the message durably in ``item.state``; raises OSError on any failure.
+
+        When this returns the message survives a crash; its folder may appear
+        a moment later (``on_ready`` says when).
+        """
+        job = _Accept(item, _encode(item), chunks)
+        if not self.journaled:
+            await self._enqueue_synced(job)
+            return
+        if self._room is None:
+            self._room = asyncio.Semaphore(MAX_UNWRITTEN)
+        await self._room.acquire()
         try:
-            await self._group.commit((tmp, self.root / item.state / item.id))
+            await self._accepts.commit(job)
+        except BaseException:
+            self._room.release()
+            raise
+        task = asyncio.create_task(self._write_in_background(job))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    def _commit_accepts(self, jobs: list[_Accept]) -> list[BaseException | None]:
+        started = time.perf_counter()
+        buffers = [buf for job in jobs for buf in journal.encode(job.meta, job.chunks)]
+        with self._lock:
+            if self._journal is None:
+                self._journal = journal.Journal(self.root / JOURNAL)
+            self._journal.append(buffers)
+            self._journal.pending += len(jobs)
+            for job in jobs:
+                job.journal = self._journal
+        if self._on_commit:
+            self._on_commit(time.perf_counter() - started, len(jobs))
+        return [None] * len(jobs)
+
+    async def _write_in_background(self, job: _Accept) -> None:
+        try:
+            await self._writes.commit(job)
+        except OSError as exc:
+            # The journal keeps the message; the next start-up (or a later checkpoint) restores it.
+            log.error("spool: cannot write %s to its folder yet: %s", job.item.id, exc)
+            return
+        finally:
+            assert self._room is not None
+            self._room.release()
+        if self.on_ready:
+            self.on_ready(job.item.id)
+
+    def _write_folders(self, jobs: list[_Accept]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        for job in jobs:
+            tmp = self.root / TMP / job.item.id
+            try:
+                self._write_tmp(tmp, job.meta, job.chunks, sync=False)
+                os.rename(tmp, self.folder(job.item))
+                results.append(None)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                results.append(exc)
+                continue
+            with self._lock:
+                assert job.journal is not None
+                job.journal.pending -= 1
+        return results
+
+    async def _enqueue_synced(self, job: _Accept) -> None:
+        """Without a journal: fsync every file and folder before returning."""
+        tmp = self.root / TMP / job.item.id
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._write_tmp, tmp, job.meta, job.chunks, sync=True)
+            await asyncio.to_thread(durable_rename, tmp, self.folder(job.item))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self._on_commit:
+            self._on_commit(time.perf_counter() - started, 1)
+        if self.on_ready:
+            self.on_ready(job.item.id)
+
+    @staticmethod
+    def _write_tmp(tmp: Path, meta: bytes, chunks: tuple[bytes, ...], *, sync: bool) -> None:
+        tmp.mkdir(mode=0o750)
+        write_file(tmp / MESSAGE, *chunks, sync=sync)
+        write_file(tmp / META, meta, sync=sync)
+        if sync:
+            fsync_dir(tmp)
+
+    # -- durability of what the runner writes --------------------------------
 
     async def sync(self) -> None:
         """Make every file written so far (spool, archive, Maildir) durable, sharing one flush."""
-        if self.fs.available:
-            await self._group.commit(None)
+        if self.journaled:
+            await self._syncs.commit(None)
 
-    @property
-    def sync_each(self) -> bool:
-        """True where writers must fsync each file themselves (no group flush here)."""
-        return not self.fs.available
+    def _commit_sync(self, jobs: list[None]) -> list[BaseException | None]:
+        self.fs.sync()
+        return [None] * len(jobs)
 
-    def _write_tmp(self, tmp: Path, item: QueueItem, chunks: tuple[bytes, ...]) -> None:
-        sync_each = self.sync_each
-        tmp.mkdir(mode=0o750)
-        write_file(tmp / MESSAGE, *chunks, sync=sync_each)
-        write_file(tmp / META, _encode(item), sync=sync_each)
-        if sync_each:
-            fsync_dir(tmp)
+    def finish(self, item: QueueItem) -> None:
+        """The message is delivered: forget it once what was written for it is durable."""
+        if not self.journaled:
+            self.remove(item)
+            return
+        with self._lock:
+            self._finished.append(item)
 
-    def _flush(self, jobs: list[Rename]) -> list[BaseException | None]:
-        started = time.perf_counter()
-        if self.fs.available:
-            self.fs.sync()
-        results: list[BaseException | None] = []
-        targets: set[Path] = set()
-        for job in jobs:
-            if job is None:
-                results.append(None)
-                continue
-            src, dst = job
+    def checkpoint(self) -> None:
+        """Flush once; then retire journals and finished messages written before the flush. Blocks."""
+        if not self.journaled:
+            return
+        with self._lock:
+            finished, self._finished = self._finished, []
+            if self._journal is not None and self._journal.size:
+                self._closed.append(self._journal)
+                self._journal = None
+            retiring = [j for j in self._closed if j.pending == 0]
+        self.fs.sync()
+        for old in retiring:
+            old.discard()
+        with self._lock:
+            self._closed = [j for j in self._closed if j not in retiring]
+        for item in finished:
+            self._tombstone(item)
+        self._sweep_done()
+
+    async def close(self) -> None:
+        """At shutdown: finish writing folders, then a last checkpoint."""
+        if self._writing:
+            await asyncio.gather(*self._writing, return_exceptions=True)
+        await asyncio.to_thread(self.checkpoint)
+        with self._lock:
+            for remaining in [self._journal, *self._closed]:
+                if remaining is not None and remaining.size == 0:
+                    remaining.discard()
+
+    def _tombstone(self, item: QueueItem) -> None:
+        """Move a finished or deleted message to done/, where a journal replay will find it."""
+        target = self.root / DONE / item.id
+        try:
+            os.rename(self.folder(item), target)
+            os.utime(target)
+        except FileNotFoundError:
+            log.warning("spool: %s vanished before it could be retired", item.id)
+
+    def _sweep_done(self) -> None:
+        """Delete done/ entries older than every journal that still holds records."""
+        live = []
+        for path in journal.journal_files(self.root / JOURNAL):
             try:
-                os.rename(src, dst)
-                targets.add(dst.parent)
-                results.append(None)
-            except OSError as exc:
-                results.append(exc)
-        for folder in targets:
-            fsync_dir(folder)
-        renames = sum(job is not None for job in jobs)
-        if self._on_commit and renames:
-            self._on_commit(time.perf_counter() - started, renames)
-        return results
+                if path.stat().st_size:
+                    live.append(journal.created_ns(path))
+            except FileNotFoundError:
+                continue  # retired by its owner meanwhile
+        horizon = min(live) if live else time.time_ns()
+        for entry in os.scandir(self.root / DONE):
+            try:
+                retired_at = entry.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if retired_at < horizon:
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- reading -----------------------------------------------------------
 
@@ -241,7 +381,11 @@ class Spool:
         return self.load(ACTIVE, queue_id)
 
     def remove(self, item: QueueItem) -> None:
-        """Delete a finished (or operator-deleted) message."""
+        """Delete a message (operator delete, or delivered without a journal)."""
+        if self.journaled:
+            self._tombstone(item)  # a journal may still hold it: keep a tombstone until it is retired
+            fsync_dir(self.root / DONE)
+            return
         folder = self.folder(item)
         gone = folder.with_name(f".{item.id}.removing")
         os.rename(folder, gone)
@@ -259,11 +403,13 @@ class Spool:
     # -- start-up ----------------------------------------------------------
 
     def recover(self) -> Recovery:
-        """Resume what a crash interrupted: active → incoming; drop unacknowledged tmp writes."""
+        """At start-up, before any session: replay journals, resume ``active``, drop unacknowledged writes."""
         report = Recovery()
         for entry in os.scandir(self.root / TMP):
             shutil.rmtree(entry.path, ignore_errors=True)
             report.discarded_tmp += 1
+        replayed = self.replay_orphaned_journals()
+        report.replayed = replayed
         for state in STATES:
             for entry in os.scandir(self.root / state):
                 if entry.name.startswith(".") and entry.name.endswith(".removing"):
@@ -277,3 +423,49 @@ class Spool:
         fsync_dir(self.root / INCOMING)
         fsync_dir(self.root / ACTIVE)
         return report
+
+    def replay_orphaned_journals(self) -> int:
+        """Put back every journaled message whose folder is missing or damaged; delete those journals."""
+        orphans = [p for p in journal.journal_files(self.root / JOURNAL) if journal.is_orphaned(p)]
+        replayed = 0
+        for path in orphans:
+            for record in journal.read_records(path):
+                replayed += self._replay(record)
+        if orphans:
+            if self.fs.available:
+                self.fs.sync()
+            for path in orphans:
+                path.unlink(missing_ok=True)
+            fsync_dir(self.root / JOURNAL)
+        return replayed
+
+    def _replay(self, record: journal.Record) -> int:
+        try:
+            item = QueueItem.from_dict(json.loads(record.meta))
+        except (ValueError, TypeError):
+            log.error("spool: journal record with unreadable metadata skipped")
+            return 0
+        if (self.root / DONE / item.id).exists():
+            return 0
+        for state in STATES:
+            folder = self.root / state / item.id
+            if not folder.exists():
+                continue
+            if self._intact(folder, len(record.message)):
+                return 0
+            shutil.rmtree(folder)  # torn by the crash: the journal has the whole message
+        shutil.rmtree(self.root / TMP / item.id, ignore_errors=True)
+        folder = self.root / INCOMING / item.id
+        folder.mkdir(mode=0o750)
+        write_file(folder / MESSAGE, record.message, sync=False)
+        write_file(folder / META, record.meta, sync=False)
+        log.warning("spool: %s restored from the journal", item.id)
+        return 1
+
+    @staticmethod
+    def _intact(folder: Path, size: int) -> bool:
+        try:
+            json.loads((folder / META).read_bytes())
+            return (folder / MESSAGE).stat().st_size == size
+        except (OSError, ValueError):
+            return False

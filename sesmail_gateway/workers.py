@@ -21,7 +21,6 @@ from typing import Any
 
 from sesmail_gateway import maillog
 from sesmail_gateway.config import Config
-from sesmail_gateway.message import QueueItem
 from sesmail_gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ class MetricsRelay:
     def connection_refused(self, outcome: str) -> None:
         self._events.append(("connection_refused", (outcome,)))
 
-    def queued(self, item: QueueItem) -> None:
-        self._events.append(("queued", (item.id,)))
+    def queued(self, queue_id: str) -> None:
+        self._events.append(("queued", (queue_id,)))
 
     def flush(self) -> None:
         if self._events:
@@ -75,13 +74,15 @@ async def _worker(config: Config, index: int, conn: Connection) -> None:
     from sesmail_gateway.routes.resolver import RouteResolver
     from sesmail_gateway.smtp.handler import GatewayHandler
     from sesmail_gateway.smtp.server import SMTPServer
-    from sesmail_gateway.spool import Spool
+    from sesmail_gateway.spool import Spool, run_checkpoints
 
     relay = MetricsRelay(conn)
-    spool = Spool(config.data_dir / "spool", on_commit=relay.observe_commit)
+    spool = Spool(config.data_dir / "spool", on_commit=relay.observe_commit, on_ready=relay.queued)
+    # A worker restarted after a crash puts back what its predecessor journaled.
+    await asyncio.to_thread(spool.replay_orphaned_journals)
     store = open_route_store(config)
     resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
-    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, on_queued=relay.queued)
+    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay)
     server = SMTPServer(config, handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -97,8 +98,11 @@ async def _worker(config: Config, index: int, conn: Connection) -> None:
             relay.flush()
 
     flushing = asyncio.create_task(flusher())
+    checkpoints = asyncio.create_task(run_checkpoints(spool))
     await stop.wait()
     await server.drain(timeout=config.smtp.data_timeout)
+    checkpoints.cancel()
+    await spool.close()
     flushing.cancel()
     relay.flush()
     store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
 from sesmail_gateway.cli import queue, routes, serve

@@ -12,7 +12,18 @@ from typing import Any
 
 from sesmail_gateway import maillog
 from sesmail_gateway.cli.common import CliError, json_flag, load_config, print_json, print_table
-from sesmail_gateway.message import ACTIVE, DEAD, DEFERRED, FAILED, HELD, INCOMING, PENDING, REJECTED, STATES, QueueItem
+from sesmail_gateway.message import (
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    FAILED,
+    HELD,
+    INCOMING,
+    PENDING,
+    REJECTED,
+    STATES,
+    QueueItem,
+)
 from sesmail_gateway.spool import Spool, SpoolError
 
 RETRYABLE = (DEFERRED, HELD, DEAD)

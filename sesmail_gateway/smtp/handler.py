@@ -11,7 +11,6 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sesmail_gateway import maillog, replies
@@ -64,13 +63,11 @@ class GatewayHandler:
         resolver: RouteResolver,
         spool: Spool,
         metrics: SessionMetrics,
-        on_queued: Callable[[QueueItem], None],
     ) -> None:
         self.config = config
         self.resolver = resolver
         self.spool = spool
         self.metrics = metrics
-        self.on_queued = on_queued
         self.domains = {d.lower().rstrip(".") for d in config.gateway.domains}
 
     # -- hooks -------------------------------------------------------------
@@ -120,7 +117,6 @@ class GatewayHandler:
         self.metrics.message_accepted(item.size)
         maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
                       deliveries=[d.key for d in item.deliveries])
-        self.on_queued(item)
         return str(replies.queued(item.id))
 
     async def handle_exception(self, error: Exception) -> str:

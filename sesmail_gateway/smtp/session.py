@@ -115,18 +115,20 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.gate.release(self)
         super().connection_lost(error)
 
+    def _say_and_close(self, reply: Reply) -> None:
+        """Write a last reply and hang up, from outside the command loop (timers, drain)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(f"{reply}\r\n".encode())
+            transport.close()
+
     def _timeout_cb(self) -> None:
         # aiosmtpd hangs up silently; RFC 5321 wants a 421 first.
-        reply = replies.DATA_TIMEOUT if self.in_data else replies.TIMEOUT
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"{reply}\r\n".encode())
-        super()._timeout_cb()
+        self._say_and_close(replies.DATA_TIMEOUT if self.in_data else replies.TIMEOUT)
 
     def close_for_shutdown(self) -> None:
         """Say 421 4.3.2 and hang up; used for sessions not in DATA when draining."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
-            self.transport.close()
+        self._say_and_close(replies.SHUTTING_DOWN)
 
     # -- commands ------------------------------------------------------------
 
@@ -175,7 +177,9 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
-        if not self.envelope.rcpt_tos:
+        envelope = self.envelope
+        assert envelope is not None  # aiosmtpd creates one per transaction
+        if not envelope.rcpt_tos:
             await self.push("503 5.5.1 Error: need RCPT command")
             return
         if arg:
@@ -189,19 +193,30 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             result = await read_data(self._reader, self.data_size_limit)
             # Bytes after the terminator are pipelined commands: hand them back to the reader.
             if result.leftover:
-                self._reader._buffer[0:0] = result.leftover
+                _unread(self._reader, result.leftover)
             if result.content is None:
                 self.event_handler.size_refused()
                 status = str(replies.MESSAGE_TOO_BIG)
             else:
-                self.envelope.content = self.envelope.original_content = result.content
+                envelope.content = envelope.original_content = result.content
                 status = await self._call_handler_hook("DATA")
                 if status.startswith("250"):
                     self.junk_used = 0
         finally:
             self.in_data = False
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         self._reset_timeout()
         await self.push(status)
         if self.gate.draining:
             self.close_for_shutdown()
+
+
+def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Put bytes back at the front of a StreamReader's buffer.
+
+    asyncio has no public unread; aiosmtpd itself reaches into ``_buffer``
+    (for STARTTLS). A test pins this: pipelined commands after the data
+    terminator must still be answered.
+    """
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    buffer[0:0] = data

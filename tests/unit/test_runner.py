@@ -16,10 +16,21 @@ import pytest
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.errors import PermanentFailure, TemporaryFailure, TokenExpired
-from sesmail_gateway.message import DEAD, DEFERRED, DELIVERED, HELD, INCOMING, PENDING, Delivery, QueueItem, RecipientRoute, plan_deliveries
+from sesmail_gateway.message import (
+    DEAD,
+    DEFERRED,
+    DELIVERED,
+    HELD,
+    INCOMING,
+    PENDING,
+    Delivery,
+    QueueItem,
+    RecipientRoute,
+    plan_deliveries,
+)
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.runner import Runner, backoff_delay
-from sesmail_gateway.spool import Spool, SpoolError, new_queue_id
+from sesmail_gateway.spool import Spool, SpoolError, new_queue_id, run_checkpoints
 
 
 class ScriptedTarget:
@@ -84,14 +95,23 @@ async def started(spool: Spool, tmp_path: Path, target: ScriptedTarget, *, archi
         config=DeliveryConfig(concurrency=4, max_age=max_age, backoff_base=0.05, backoff_max=0.1),
         metrics=Metrics(), poll_seconds=0.05,
     )
+    spool.on_ready = runner.notify
     await runner.start()
+    checkpoints = asyncio.create_task(run_checkpoints(spool, 0.05))
+    runner_stop = runner.stop
+
+    async def stop(timeout: float = 30.0) -> None:
+        await runner_stop(timeout)
+        checkpoints.cancel()
+        await spool.close()
+
+    runner.stop = stop  # type: ignore[method-assign]
     return runner
 
 
-async def queue(spool: Spool, runner: Runner | None, queued: QueueItem) -> None:
+async def queue(spool: Spool, queued: QueueItem) -> None:
+    """Accept a message; a started runner hears of it through the spool's on_ready."""
     await spool.enqueue(queued, b"Subject: t\r\n\r\nbody\r\n")
-    if runner:
-        runner.notify(queued.id)
 
 
 def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:
@@ -108,8 +128,8 @@ async def test_archive_then_deliver_then_remove(spool: Spool, tmp_path: Path) ->
     target = ScriptedTarget()
     runner = await started(spool, tmp_path, target)
     queued = make_item("mail")
-    await queue(spool, runner, queued)
-    await until(lambda: where(spool, queued.id) is None)
+    await queue(spool, queued)
+    await until(lambda: target.calls and where(spool, queued.id) is None)
     await runner.stop()
     assert target.calls == [(queued.id, "mail")]
     archived = list((tmp_path / "archive").rglob(f"{queued.id}.eml"))
@@ -121,7 +141,7 @@ async def test_temporary_failure_defers_then_retries_only_what_is_pending(spool:
     target = ScriptedTarget(None, TemporaryFailure("mailbox busy"), None)
     runner = await started(spool, tmp_path, target)
     queued = make_item("a", "b")
-    await queue(spool, runner, queued)
+    await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == DEFERRED)
     deferred = spool.find(queued.id)
     assert deferred.attempts == 1 and "mailbox busy" in deferred.reason
@@ -134,17 +154,18 @@ async def test_temporary_failure_defers_then_retries_only_what_is_pending(spool:
 async def test_permanent_failure_is_a_dead_letter_with_its_reason(spool: Spool, tmp_path: Path) -> None:
     runner = await started(spool, tmp_path, ScriptedTarget(PermanentFailure("no such mailbox")))
     queued = make_item("a")
-    await queue(spool, runner, queued)
+    await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == DEAD)
     await runner.stop()
     assert "no such mailbox" in spool.find(queued.id).reason
 
 
 async def test_unknown_errors_are_temporary(spool: Spool, tmp_path: Path) -> None:
-    runner = await started(spool, tmp_path, ScriptedTarget(RuntimeError("surprise"), None))
+    target = ScriptedTarget(RuntimeError("surprise"), None)
+    runner = await started(spool, tmp_path, target)
     queued = make_item("a")
-    await queue(spool, runner, queued)
-    await until(lambda: where(spool, queued.id) is None)
+    await queue(spool, queued)
+    await until(lambda: len(target.calls) == 2 and where(spool, queued.id) is None)
     await runner.stop()
 
 
@@ -152,7 +173,7 @@ async def test_expired_token_holds_without_spending_attempts(spool: Spool, tmp_p
     target = ScriptedTarget(TokenExpired("invalid_grant"), None)
     runner = await started(spool, tmp_path, target)
     queued = make_item("me@gmail.test")
-    await queue(spool, runner, queued)
+    await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == HELD)
     held = spool.find(queued.id)
     assert held.attempts == 0 and held.deliveries[0].attempts == 0
@@ -168,7 +189,7 @@ async def test_expired_token_holds_without_spending_attempts(spool: Spool, tmp_p
 async def test_messages_older_than_max_age_go_dead(spool: Spool, tmp_path: Path) -> None:
     runner = await started(spool, tmp_path, ScriptedTarget(*[TemporaryFailure("down")] * 50), max_age=0.3)
     queued = make_item("a")
-    await queue(spool, runner, queued)
+    await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == DEAD)
     await runner.stop()
     assert "gave up after" in spool.find(queued.id).reason
@@ -179,7 +200,7 @@ async def test_archive_failure_defers_before_any_delivery(spool: Spool, tmp_path
     archive = ScriptedArchive(tmp_path / "archive", OSError(5, "I/O error"))
     runner = await started(spool, tmp_path, target, archive=archive)
     queued = make_item("a")
-    await queue(spool, runner, queued)
+    await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == DEFERRED)
     assert target.calls == []
     await until(lambda: where(spool, queued.id) is None)
@@ -189,8 +210,9 @@ async def test_archive_failure_defers_before_any_delivery(spool: Spool, tmp_path
 
 async def test_start_resumes_everything_found_on_disk(spool: Spool, tmp_path: Path) -> None:
     waiting, interrupted = make_item("a"), make_item("b")
-    await queue(spool, None, waiting)
-    await queue(spool, None, interrupted)
+    await queue(spool, waiting)
+    await queue(spool, interrupted)
+    await spool.close()  # folders written
     spool.claim(INCOMING, interrupted.id)  # as if the daemon died mid-delivery
     target = ScriptedTarget()
     runner = await started(spool, tmp_path, target)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,9 +28,12 @@ def test_queue_ids_are_unique_and_sortable() -> None:
 
 
 async def test_enqueue_writes_both_files_into_the_state_folder(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
+    ready: list[str] = []
+    spool = Spool(tmp_path, on_ready=ready.append)
     queued = item()
     await spool.enqueue(queued, b"Received: x\r\n", b"Subject: s\r\n\r\nbody\r\n")
+    await spool.close()
+    assert ready == [queued.id]
     folder = tmp_path / INCOMING / queued.id
     assert (folder / "message.eml").read_bytes() == b"Received: x\r\nSubject: s\r\n\r\nbody\r\n"
     assert json.loads((folder / "meta.json").read_bytes())["sender"] == "a@sender.test"
@@ -40,6 +45,7 @@ async def test_concurrent_enqueues_share_group_commits(tmp_path: Path) -> None:
     spool = Spool(tmp_path, on_commit=lambda seconds, size: batches.append(size))
     items = [item() for _ in range(50)]
     await asyncio.gather(*(spool.enqueue(i, b"x\r\n") for i in items))
+    await spool.close()
     assert sorted(spool.ids(INCOMING)) == sorted(i.id for i in items)
     assert sum(batches) == 50
     # Fifty concurrent sessions must not cost fifty flushes.
@@ -49,17 +55,29 @@ async def test_concurrent_enqueues_share_group_commits(tmp_path: Path) -> None:
 async def test_a_failed_commit_raises_and_leaves_nothing_behind(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     queued = item()
-    (tmp_path / INCOMING).rmdir()
-    (tmp_path / INCOMING).write_text("not a folder")
+    (tmp_path / "journal").rmdir()
+    (tmp_path / "journal").write_text("not a folder")  # the journal cannot be created: no 250
     with pytest.raises(OSError):
         await spool.enqueue(queued, b"x\r\n")
+    await spool.close()
     assert list((tmp_path / "tmp").iterdir()) == []
+    assert spool.ids(INCOMING) == []
+
+
+async def test_without_syncfs_every_file_is_fsynced_before_enqueue_returns(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.journaled = False  # as on a system without syncfs(2)
+    queued = item()
+    await spool.enqueue(queued, b"x\r\n")
+    assert spool.ids(INCOMING) == [queued.id]  # at once: no background write
+    assert list((tmp_path / "journal").iterdir()) == []
 
 
 async def test_claim_move_save_and_remove(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     queued = item()
     await spool.enqueue(queued, b"x\r\n")
+    await spool.close()
     claimed = spool.claim(INCOMING, queued.id)
     assert claimed.state == ACTIVE
     with pytest.raises(SpoolError):
@@ -79,6 +97,7 @@ async def test_recover_resumes_active_and_drops_unacknowledged_writes(tmp_path: 
     first, second = item(), item()
     await spool.enqueue(first, b"x\r\n")
     await spool.enqueue(second, b"y\r\n")
+    await spool.close()
     spool.claim(INCOMING, first.id)  # a crash while delivering
     (tmp_path / "tmp" / "half-written").mkdir()  # a crash before the 250
     broken = tmp_path / DEFERRED / "BROKEN"
@@ -107,3 +126,56 @@ def test_find_refuses_path_tricks(tmp_path: Path) -> None:
     for bad in ("../etc", "", ".hidden"):
         with pytest.raises(SpoolError):
             spool.find(bad)
+
+
+def crash(spool: Spool) -> None:
+    """Forget the spool as a killed process would: journals stay, their locks go."""
+    for journal_file in [spool._journal, *spool._closed]:
+        if journal_file is not None:
+            os.close(journal_file._fd)
+            journal_file._fd = -1
+
+
+async def test_checkpoint_retires_journals_once_folders_are_written(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    await asyncio.gather(*(spool.enqueue(item(), b"x\r\n") for _ in range(10)))
+    assert len(list((tmp_path / "journal").iterdir())) == 1
+    await spool.close()
+    assert list((tmp_path / "journal").iterdir()) == []
+    assert len(spool.ids(INCOMING)) == 10
+
+
+async def test_a_journaled_message_whose_folder_was_lost_is_restored(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    lost, torn, delivered = item(), item(), item()
+    for queued in (lost, torn, delivered):
+        await spool.enqueue(queued, b"Received: x\r\n", f"Subject: {queued.id}\r\n\r\nbody\r\n".encode())
+    await asyncio.gather(*spool._writing)
+    # What a crash before the next checkpoint can leave behind:
+    shutil.rmtree(tmp_path / INCOMING / lost.id)
+    (tmp_path / INCOMING / torn.id / "message.eml").write_bytes(b"Rece")
+    spool.claim(INCOMING, delivered.id)
+    spool._tombstone(spool.load(ACTIVE, delivered.id))  # delivered and retired
+    crash(spool)
+    with (tmp_path / "journal" / "1-999.wal").open("wb") as torn_tail:
+        torn_tail.write(b"SMJ1\x00\x00")  # a batch whose fdatasync never finished
+
+    report = Spool(tmp_path).recover()
+
+    assert report.replayed == 2
+    assert sorted(spool.ids(INCOMING)) == sorted([lost.id, torn.id])
+    restored = (tmp_path / INCOMING / lost.id / "message.eml").read_bytes()
+    assert restored == f"Received: x\r\nSubject: {lost.id}\r\n\r\nbody\r\n".encode()
+    assert (tmp_path / INCOMING / torn.id / "message.eml").read_bytes().endswith(b"body\r\n")
+    assert list((tmp_path / "journal").iterdir()) == []
+
+
+async def test_a_live_journal_is_not_replayed_by_another_process(tmp_path: Path) -> None:
+    owner = Spool(tmp_path)
+    queued = item()
+    await owner.enqueue(queued, b"x\r\n")
+    await asyncio.gather(*owner._writing)
+    shutil.rmtree(tmp_path / INCOMING / queued.id)
+    assert Spool(tmp_path).replay_orphaned_journals() == 0  # the owner still holds its lock
+    crash(owner)
+    assert Spool(tmp_path).replay_orphaned_journals() == 1
