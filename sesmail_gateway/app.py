@@ -21,7 +21,7 @@ from sesmail_gateway.deliver.bounce import RuleBounce
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
 from sesmail_gateway.errors import TemporaryFailure
 from sesmail_gateway.fsutil import FilesystemSync, ensure_dir
-from sesmail_gateway.message import Delivery, QueueItem
+from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
 from sesmail_gateway.metrics import Metrics, MetricsServer
 from sesmail_gateway.routes import Action, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
@@ -51,7 +51,7 @@ class _NotConfigured:
     def __init__(self, why: str) -> None:
         self.why = why
 
-    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
         raise TemporaryFailure(self.why)
 
 

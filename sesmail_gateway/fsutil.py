@@ -52,6 +52,23 @@ def durable_rename(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
+def link_or_copy(src: Path, dst: Path, *, sync: bool) -> None:
+    """Give ``dst`` the contents of ``src``: a hard link where possible, else a copy.
+
+    An existing ``dst`` is left as it is (a retry after a crash).
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return
+    except OSError:  # another filesystem, or links not allowed: copy
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        write_file(tmp, src.read_bytes(), mode=0o600, sync=sync)
+        os.replace(tmp, dst)
+    if sync:
+        fsync_dir(dst.parent)
+
+
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PENDING = "pending"
@@ -25,6 +26,18 @@ HELD = "held"
 DEAD = "dead"
 REJECTED = "rejected"
 STATES = (INCOMING, ACTIVE, DEFERRED, HELD, DEAD, REJECTED)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A spooled message: its bytes, and the spool file that holds them.
+
+    The spool file never changes once written, so local targets (folder
+    archive, Maildir) may hard-link it instead of writing another copy.
+    """
+
+    data: bytes
+    path: Path
 
 
 @dataclass

@@ -24,7 +24,17 @@ from sesmail_gateway.archive import Archiver
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.errors import DeliveryError, PermanentFailure, TemporaryFailure, TokenExpired, classify
-from sesmail_gateway.message import DEAD, DEFERRED, DELIVERED, FAILED, HELD, INCOMING, Delivery, QueueItem
+from sesmail_gateway.message import (
+    DEAD,
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    HELD,
+    INCOMING,
+    Delivery,
+    QueueItem,
+    StoredMessage,
+)
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.spool import Spool, SpoolError
 
@@ -182,7 +192,8 @@ class Runner:
             item = await self._run(self.spool.claim, state, queue_id)
         except SpoolError:
             return  # moved or deleted meanwhile (queue retry/delete, another runner)
-        message = await self._run(self.spool.read_message, item)
+        path = self.spool.message_path(item)
+        message = StoredMessage(await self._run(path.read_bytes), path)
         if not item.archived and not await self._archive(item, message):
             return
         for delivery in item.pending():
@@ -202,7 +213,7 @@ class Runner:
             heapq.heappush(self._timers, (item.next_attempt, item.id))
             self._wake.set()
 
-    async def _archive(self, item: QueueItem, message: bytes) -> bool:
+    async def _archive(self, item: QueueItem, message: StoredMessage) -> bool:
         try:
             item.archived = await self._run(self.archiver.archive, item, message)
         except Exception as exc:
@@ -215,7 +226,7 @@ class Runner:
         maillog.event("archived", item.id, location=item.archived)
         return True
 
-    async def _deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> bool:
+    async def _deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> bool:
         """One attempt; the outcome is recorded on ``delivery``. True when delivered."""
         deliverer = self.deliverers.get(delivery.action)
         try:

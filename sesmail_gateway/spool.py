@@ -234,7 +234,7 @@ class Spool:
     @staticmethod
     def _write_tmp(tmp: Path, meta: bytes, chunks: tuple[bytes, ...], *, sync: bool) -> None:
         tmp.mkdir(mode=0o750)
-        write_file(tmp / MESSAGE, *chunks, sync=sync)
+        write_file(tmp / MESSAGE, *chunks, sync=sync, mode=0o600)
         write_file(tmp / META, meta, sync=sync)
         if sync:
             fsync_dir(tmp)
@@ -291,8 +291,7 @@ class Spool:
         """Move a finished or deleted message to done/, where a journal replay will find it."""
         target = self.root / DONE / item.id
         try:
-            os.rename(self.folder(item), target)
-            os.utime(target)
+            os.rename(self.folder(item), target)  # sets the folder's ctime: when it was retired
         except FileNotFoundError:
             log.warning("spool: %s vanished before it could be retired", item.id)
 
@@ -308,7 +307,7 @@ class Spool:
         horizon = min(live) if live else time.time_ns()
         for entry in os.scandir(self.root / DONE):
             try:
-                retired_at = entry.stat().st_mtime_ns
+                retired_at = entry.stat().st_ctime_ns
             except FileNotFoundError:
                 continue
             if retired_at < horizon:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sesmail_gateway.fsutil import FilesystemSync, atomic_write, ensure_dir
-from sesmail_gateway.message import QueueItem
+from sesmail_gateway.fsutil import FilesystemSync, ensure_dir, link_or_copy
+from sesmail_gateway.message import QueueItem, StoredMessage
 
 
 class FolderArchiver:
@@ -20,9 +20,10 @@ class FolderArchiver:
         if self.fs is not None:
             self.fs.track(self.root)
 
-    def archive(self, item: QueueItem, message: bytes) -> str:
+    def archive(self, item: QueueItem, message: StoredMessage) -> str:
         day = time.strftime("%Y-%m-%d", time.gmtime(item.created))
         folder = ensure_dir(self.root / day)
         path = folder / f"{item.id}.eml"
-        atomic_write(path, message, sync=self.fs is None)
+        # The spool file never changes: the archive copy is a hard link to it.
+        link_or_copy(message.path, path, sync=self.fs is None)
         return str(path)

@@ -7,9 +7,9 @@ goes back through SES only for authenticated senders (the SES adapter).
 from __future__ import annotations
 
 from sesmail_gateway.errors import PermanentFailure
-from sesmail_gateway.message import Delivery, QueueItem
+from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
 
 
 class RuleBounce:
-    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
         raise PermanentFailure(f"refused by routing rule for {', '.join(delivery.recipients)}")

@@ -13,8 +13,8 @@ import zlib
 from pathlib import Path
 
 from sesmail_gateway.errors import PermanentFailure
-from sesmail_gateway.fsutil import FilesystemSync, ensure_dir, fsync_dir, write_file
-from sesmail_gateway.message import Delivery, QueueItem
+from sesmail_gateway.fsutil import FilesystemSync, ensure_dir, link_or_copy
+from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
 
 JUNK = ".Junk"
 
@@ -40,19 +40,16 @@ class MaildirDeliverer:
         root = target if target.is_absolute() else self.data_dir / target
         return root / JUNK if item.quarantine else root
 
-    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
         folder = ensure_maildir(self.folder_for(item, delivery))
         if self.fs is not None:
             self.fs.track(folder)
         name = f"{int(item.created)}.{item.id}_{_slug(delivery.key)}.{self.host}"
         if self._already_delivered(folder, name, look_in_cur=delivery.attempts > 0):
             return
-        tmp = folder / "tmp" / name
-        write_file(tmp, message, mode=0o600, sync=self.fs is None)
-        os.link(tmp, folder / "new" / name)
-        os.unlink(tmp)
-        if self.fs is None:
-            fsync_dir(folder / "new")
+        # The spool file is complete and never changes, so it can appear in new/ at once
+        # (the tmp/ step of Maildir exists to hide partial writes); a copy where links fail.
+        link_or_copy(message.path, folder / "new" / name, sync=self.fs is None)
 
     @staticmethod
     def _already_delivered(folder: Path, name: str, *, look_in_cur: bool) -> bool:

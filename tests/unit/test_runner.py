@@ -26,6 +26,7 @@ from sesmail_gateway.message import (
     Delivery,
     QueueItem,
     RecipientRoute,
+    StoredMessage,
     plan_deliveries,
 )
 from sesmail_gateway.metrics import Metrics
@@ -40,7 +41,7 @@ class ScriptedTarget:
         self.script = list(script)
         self.calls: list[tuple[str, str]] = []
 
-    def deliver(self, item: QueueItem, delivery: Delivery, message: bytes) -> None:
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
         self.calls.append((item.id, delivery.target))
         outcome = self.script.pop(0) if self.script else None
         if outcome is not None:
@@ -53,7 +54,7 @@ class ScriptedArchive(FolderArchiver):
         self.script = list(script)
         self.calls = 0
 
-    def archive(self, item: QueueItem, message: bytes) -> str:
+    def archive(self, item: QueueItem, message: StoredMessage) -> str:
         self.calls += 1
         outcome = self.script.pop(0) if self.script else None
         if outcome is not None:
