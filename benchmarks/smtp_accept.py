@@ -313,7 +313,7 @@ data_dir = "{data_dir}"
 
 [smtp]
 listen = ["{smtp}"]
-workers = 1
+workers = {workers}
 max_connections = 1000
 max_connections_per_ip = 1000
 
@@ -337,9 +337,10 @@ class GatewayTarget(SubprocessTarget):
 
     name = "gateway"
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 0) -> None:
         super().__init__()
         self.dns = DnsStub()
+        self.workers = workers
         self.config_path: Path | None = None
 
     async def prepare(self) -> None:
@@ -351,7 +352,7 @@ class GatewayTarget(SubprocessTarget):
         self.config_path = self.tmpdir / "gateway.toml"
         self.config_path.write_text(GATEWAY_CONFIG.format(
             data_dir=data_dir, smtp=f"{LOOPBACK}:{self.address[1]}", dns=dns,
-            metrics=f"{LOOPBACK}:{free_port()}",
+            metrics=f"{LOOPBACK}:{free_port()}", workers=self.workers,
         ))
 
     def command(self) -> list[str]:
@@ -495,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=50, help="warm-up messages before each measurement")
     parser.add_argument("--timeout", type=float, default=300.0, help="global time limit in seconds")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="gateway smtp.workers (default 0: one per core, the gateway's own default)")
     return parser
 
 
@@ -502,7 +505,7 @@ def make_targets(args: argparse.Namespace) -> list[Target]:
     """Fresh target objects for one message size."""
     if args.target is not None:
         return [ExternalTarget(args.target)]
-    return [DiscardTarget(), GatewayTarget()]
+    return [DiscardTarget(), GatewayTarget(args.workers)]
 
 
 async def run(args: argparse.Namespace, sizes: list[int]) -> list[Row]:

@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from sesmail_gateway.checks.dns import Resolver
+from tests.dnsserver import TestDNSServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -191,6 +194,18 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         if gateway.proc is not None and gateway.proc.poll() is None:
             gateway.proc.kill()
             gateway.proc.wait()
+
+
+@pytest.fixture
+def dns_server() -> Iterator[TestDNSServer]:
+    """A real DNS server (UDP+TCP) on 127.0.0.1 with an empty zone."""
+    with TestDNSServer() as server:
+        yield server
+
+
+@pytest.fixture
+def resolver(dns_server: TestDNSServer) -> Resolver:
+    return Resolver([dns_server.address], timeout=0.5)
 
 
 @pytest.fixture

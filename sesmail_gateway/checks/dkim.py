@@ -1,0 +1,166 @@
+"""DKIM (RFC 6376) and ARC (RFC 8617) verification with dkimpy.
+
+Every DKIM-Signature is verified and recorded, with results named as in
+RFC 8601 2.7.1:
+
+* ``pass``      -- the signature verifies over the whole body;
+* ``fail``      -- the key was found but the signature or body hash does not match;
+* ``neutral``   -- the signature cannot be processed (syntax, unsupported
+  algorithm), or its ``l=`` tag leaves part of the body unsigned
+  (``partial_body=True``): content appended after the signed length is
+  exactly what an attacker would add, so such a signature is never a pass
+  and never aligns for DMARC;
+* ``permerror`` -- no key published for ``s=._domainkey.d=`` (RFC 6376 "no
+  key"), a revoked key (``p=`` empty), or an unusable key (syntax, < 1024 bits);
+* ``temperror`` -- the key lookup failed temporarily (or dkimpy broke).
+
+dkimpy reports most of these as a bare ``False``; :class:`DkimTxtLookup`
+records what DNS said so the cases can be told apart without parsing
+dkimpy's log messages. ed25519-sha256 needs PyNaCl (RFC 8463).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dkim
+from dkim.canonicalization import CanonicalizationPolicy
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from sesmail_gateway.checks.dns import DkimTxtLookup, DnsResult, DnsStatus, Resolver
+from sesmail_gateway.checks.headers import header_fields
+
+__all__ = ["ArcResult", "DkimResult", "check_arc", "check_dkim"]
+
+# dkimpy logs every failed signature at ERROR; the reasons are in our results.
+_QUIET = logging.getLogger(__name__ + ".dkimpy")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+_SYNTAX_ERRORS = (dkim.ValidationError, dkim.MessageFormatError, dkim.ParameterError)
+MAX_SIGNATURES = 16
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    result: str
+    domain: str = ""
+    selector: str = ""
+    algorithm: str = ""
+    reason: str = ""
+    partial_body: bool = False
+
+
+@dataclass(frozen=True)
+class ArcResult:
+    result: str  # pass | fail | none
+    reason: str = ""
+
+
+def _has_field(message: bytes, *names: str) -> bool:
+    return any(field.is_named(name) for field in header_fields(message) for name in names)
+
+
+def check_dkim(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
+               max_signatures: int = MAX_SIGNATURES) -> list[DkimResult]:
+    """One result per DKIM-Signature field, top first; ``[]`` when unsigned.
+    Key lookups share one ``lifetime`` budget; signatures past
+    ``max_signatures`` are recorded ``neutral`` unverified (RFC 6376 6.1 lets a
+    verifier limit them). Never raises."""
+    if not _has_field(message, "dkim-signature"):
+        return []  # skip dkimpy's parse of the whole message
+    try:
+        verifier = dkim.DKIM(message, logger=_QUIET, minkey=1024)
+    except Exception as exc:
+        return [DkimResult("neutral", reason=f"message not parseable: {exc}")]
+    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    lookup = DkimTxtLookup(resolver, lifetime)
+    return [_verify_one(verifier, index, lookup) if index < max_signatures
+            else DkimResult("neutral", reason=f"not verified: more than {max_signatures} signatures")
+            for index in range(count)]
+
+
+def _text(fields: dict[bytes, bytes], tag: bytes) -> str:
+    return fields.get(tag, b"").decode("utf-8", "replace").strip()
+
+
+def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimResult:
+    verifier.signature_fields = {}
+    error: Exception | None = None
+    try:
+        ok = bool(verifier.verify(idx=index, dnsfunc=lookup))
+    except Exception as exc:  # dkimpy raises for malformed input; anything else is ours
+        ok, error = False, exc
+    fields: dict[bytes, bytes] = verifier.signature_fields or {}
+    domain, selector = _text(fields, b"d").lower(), _text(fields, b"s")
+
+    def result(verdict: str, reason: str = "", partial: bool = False) -> DkimResult:
+        return DkimResult(verdict, domain, selector, _text(fields, b"a").lower(), reason, partial)
+
+    if ok:
+        unsigned = _unsigned_body(verifier, fields)
+        return result("neutral", unsigned, partial=True) if unsigned else result("pass")
+    key = lookup.result_for(f"{selector}._domainkey.{domain}")
+    if key is None:  # dkimpy stopped before asking DNS
+        if error is None:
+            return result("neutral", "signature not verified")
+        if not isinstance(error, dkim.DKIMException):
+            return result("temperror", f"{type(error).__name__}: {error}")
+        return result("neutral", f"unusable signature ({type(error).__name__}): {error}")
+    if key.status is DnsStatus.TEMPFAIL:
+        return result("temperror", f"key lookup failed: {key.error}")
+    problem = _key_problem(key)
+    if problem:
+        return result("permerror", problem)
+    if isinstance(error, dkim.KeyFormatError):
+        return result("permerror", str(error))
+    if isinstance(error, _SYNTAX_ERRORS) or error is None:
+        return result("fail", str(error) if error else "signature did not verify")
+    return result("temperror", f"{type(error).__name__}: {error}")
+
+
+def _key_problem(key: DnsResult) -> str:
+    """Why a key record cannot be used, or "" when it can."""
+    if key.status is not DnsStatus.OK or not key.blobs:
+        return "no key"
+    record = key.blobs[0]
+    try:
+        tags = parse_tag_value(record)
+    except InvalidTagValueList as exc:
+        return f"invalid key record: {exc}"
+    if not tags.get(b"p", b"").strip():
+        return "key revoked"
+    try:
+        dkim.evaluate_pk(b"key", record)
+    except Exception as exc:
+        return f"invalid key: {exc}"
+    return ""
+
+
+def _unsigned_body(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> str:
+    """"" when the signature covers the whole body, else how much ``l=`` leaves out."""
+    if b"l" not in fields:
+        return ""
+    policy = CanonicalizationPolicy.from_c_value(fields.get(b"c", b"simple/simple"))
+    body_length = len(policy.canonicalize_body(verifier.body))
+    signed = int(fields[b"l"])
+    if signed >= body_length:
+        return ""
+    return f"l={signed} leaves {body_length - signed} of {body_length} body bytes unsigned"
+
+
+def check_arc(message: bytes, resolver: Resolver, *, lifetime: float = 20.0) -> ArcResult:
+    """Validate the ARC chain: ``none`` without ARC headers, else pass or fail
+    (a DNS failure fails the chain; the reason says so). Never raises."""
+    if not _has_field(message, "arc-seal", "arc-message-signature", "arc-authentication-results"):
+        return ArcResult("none", "Message is not ARC signed")
+    lookup = DkimTxtLookup(resolver, lifetime)
+    try:
+        cv, _sets, comment = dkim.arc_verify(message, logger=_QUIET, dnsfunc=lookup)
+    except Exception as exc:
+        return ArcResult("fail", f"{type(exc).__name__}: {exc}")
+    verdict = {dkim.CV_Pass: "pass", dkim.CV_None: "none"}.get(cv, "fail")
+    if verdict == "fail" and any(r.status is DnsStatus.TEMPFAIL for r in lookup.results.values()):
+        comment = f"{comment} (DNS temporary failure)"
+    return ArcResult(verdict, str(comment))

@@ -1,0 +1,181 @@
+"""DKIM and ARC verification of messages signed at test time, keys in the test DNS."""
+
+from __future__ import annotations
+
+import pytest
+
+from sesmail_gateway.checks.dkim import DkimResult, check_arc, check_dkim
+from sesmail_gateway.checks.dns import Resolver
+from tests.checks_fixtures import (
+    ed25519_signer,
+    make_message,
+    rsa_signer,
+)
+from tests.dnsserver import TestDNSServer
+
+
+def test_rsa_sha256_signature_passes(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+
+    results = check_dkim(signer.sign(make_message()), resolver)
+
+    assert results == [DkimResult("pass", "example.org", "sel", "rsa-sha256")]
+
+
+def test_ed25519_signature_passes(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = ed25519_signer("example.org")
+    signer.publish(dns_server)
+
+    [result] = check_dkim(signer.sign(make_message()), resolver)
+
+    assert (result.result, result.algorithm, result.selector) == ("pass", "ed25519-sha256", "ed")
+
+
+def test_tampered_body_fails(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+    signed = signer.sign(make_message(body=b"Pay 10 EUR.\r\n"))
+
+    [result] = check_dkim(signed.replace(b"Pay 10 EUR", b"Pay 99 EUR"), resolver)
+
+    assert result.result == "fail" and "body hash" in result.reason
+
+
+def test_tampered_header_fails(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+    signed = signer.sign(make_message(subject="Invoice"))
+
+    [result] = check_dkim(signed.replace(b"Subject: Invoice", b"Subject: Urgent invoice"), resolver)
+
+    assert result.result == "fail" and result.domain == "example.org"
+
+
+def test_missing_key_is_permerror(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")  # not published
+
+    [result] = check_dkim(signer.sign(make_message()), resolver)
+
+    assert (result.result, result.reason) == ("permerror", "no key")
+
+
+def test_revoked_key_is_permerror(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")
+    dns_server.add(signer.key_name, "TXT", "v=DKIM1; k=rsa; p=")
+
+    [result] = check_dkim(signer.sign(make_message()), resolver)
+
+    assert (result.result, result.reason) == ("permerror", "key revoked")
+
+
+def test_key_lookup_timeout_is_temperror(dns_server: TestDNSServer) -> None:
+    resolver = Resolver([dns_server.address], timeout=0.3)
+    signer = rsa_signer("example.org")
+    dns_server.set_timeout(signer.key_name)
+
+    [result] = check_dkim(signer.sign(make_message()), resolver)
+
+    assert result.result == "temperror"
+
+
+def test_every_signature_is_verified_and_recorded(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    author = rsa_signer("example.org")
+    esp = ed25519_signer("esp.example", selector="s2024")
+    unpublished = rsa_signer("forged.example", selector="x", slot=1)
+    author.publish(dns_server)
+    esp.publish(dns_server)
+    message = unpublished.sign(esp.sign(author.sign(make_message())))
+
+    results = check_dkim(message, resolver)
+
+    assert [(r.domain, r.selector, r.result) for r in results] == [
+        ("forged.example", "x", "permerror"),
+        ("esp.example", "s2024", "pass"),
+        ("example.org", "sel", "pass"),
+    ]
+
+
+def test_body_length_limit_short_of_the_body_is_not_a_pass(
+        dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+    signed = signer.sign(make_message(body=b"Original text.\r\n"), length=True)
+
+    assert check_dkim(signed, resolver)[0].result == "pass"  # l= equals the whole body
+    [appended] = check_dkim(signed + b"Click http://evil.example/\r\n", resolver)
+    assert appended.result == "neutral" and appended.partial_body
+    assert "unsigned" in appended.reason
+
+
+def test_malformed_signature_is_neutral(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    message = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; b=\r\n" + make_message()
+    [result] = check_dkim(message, resolver)
+    assert result.result == "neutral" and result.domain == "example.org"
+
+
+def test_unsigned_message_has_no_results(resolver: Resolver) -> None:
+    assert check_dkim(make_message(), resolver) == []
+
+
+def _relayed(dns_server: TestDNSServer) -> bytes:
+    """A message as a forwarder re-sealed it: its A-R, then its ARC set."""
+    sealer = rsa_signer("relay.example", selector="arc", slot=2)
+    sealer.publish(dns_server)
+    received = b"Authentication-Results: relay.example; spf=pass smtp.mailfrom=example.org\r\n" \
+        + make_message()
+    return sealer.arc_seal(received, "relay.example")
+
+
+def test_arc_chain_passes(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    result = check_arc(_relayed(dns_server), resolver)
+    assert result.result == "pass", result.reason
+
+
+def test_arc_chain_broken_by_tampering_fails(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    sealed = _relayed(dns_server)
+    assert check_arc(sealed.replace(b"Hello Bob.", b"Hello Eve."), resolver).result == "fail"
+
+
+@pytest.mark.parametrize("fault", ["missing-key", "timeout"])
+def test_arc_chain_without_its_key_fails(dns_server: TestDNSServer, fault: str) -> None:
+    resolver = Resolver([dns_server.address], timeout=0.3)
+    sealed = _relayed(dns_server)
+    dns_server.remove("arc._domainkey.relay.example")
+    if fault == "timeout":
+        dns_server.set_timeout("arc._domainkey.relay.example")
+    result = check_arc(sealed, resolver)
+    assert result.result == "fail"
+    assert ("DNS temporary failure" in result.reason) == (fault == "timeout")
+
+
+def test_no_arc_headers_is_none(resolver: Resolver) -> None:
+    assert check_arc(make_message(), resolver).result == "none"
+
+
+def test_signatures_past_the_limit_are_not_verified(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+    message = make_message()
+    for _ in range(3):
+        message = signer.sign(message)
+
+    results = check_dkim(message, resolver, max_signatures=2)
+
+    assert [r.result for r in results] == ["pass", "pass", "neutral"]
+    assert dns_server.query_count(signer.key_name) == 1  # one lookup per key per message
+
+
+def test_key_lookups_share_one_time_budget(dns_server: TestDNSServer) -> None:
+    resolver = Resolver([dns_server.address], timeout=0.3)
+    message = make_message()
+    for n in range(4):
+        signer = rsa_signer(f"slow{n}.example")
+        dns_server.set_timeout(signer.key_name)
+        message = signer.sign(message)
+
+    results = check_dkim(message, resolver, lifetime=0.2)
+
+    assert [r.result for r in results] == ["temperror"] * 4
+    assert dns_server.query_count() == 1  # the budget was spent by the first timeout
+    assert "budget" in results[-1].reason
