@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from sesmail_gateway import sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.checks.inspector import Inspector
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.deliver.bounce import RuleBounce
@@ -95,8 +96,11 @@ class Gateway:
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
         self.pool: WorkerPool | None = None
+        self.inspector: Inspector | None = None
         if worker_count(config) == 1:
-            handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool, metrics=self.metrics)
+            self.inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
+            handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool, metrics=self.metrics,
+                                     inspector=self.inspector)
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
@@ -128,9 +132,11 @@ class Gateway:
     def reload(self) -> None:
         """SIGHUP: forget cached routes (and, with Gmail, re-read tokens)."""
         self.resolver.invalidate()
+        if self.inspector is not None:
+            self.inspector.invalidate()
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
-        log.info("reload: rule cache cleared")
+        log.info("reload: rule and DNS caches cleared")
 
     def request_stop(self) -> None:
         self._stop.set()

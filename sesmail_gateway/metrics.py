@@ -26,6 +26,8 @@ class SessionMetrics(Protocol):
 
     def connection_refused(self, outcome: str) -> None: ...
 
+    def auth_result(self, method: str, result: str) -> None: ...
+
 
 class Metrics:
     """Every metric the daemon exports, on its own registry."""
@@ -49,6 +51,10 @@ class Metrics:
             "sesmail_spool_commit_batch_size", "Messages made durable by one group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
         )
+        self.auth_results = Counter(
+            "sesmail_auth_results", "Authentication verdicts by method (spf, dkim, arc, dmarc) and result",
+            ["method", "result"], registry=r,
+        )
         self.accept_bytes = Counter("sesmail_accepted_bytes", "Bytes of accepted messages", registry=r)
 
     # The session-side events: also implemented by workers.MetricsRelay in worker processes.
@@ -66,6 +72,9 @@ class Metrics:
 
     def connection_refused(self, outcome: str) -> None:
         self.connections.labels(outcome=outcome).inc()
+
+    def auth_result(self, method: str, result: str) -> None:
+        self.auth_results.labels(method=method, result=result).inc()
 
     def track_queue(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export queue depth by state, read from the spool at scrape time."""

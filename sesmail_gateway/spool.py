@@ -196,7 +196,7 @@ class Spool:
         finally:
             assert self._room is not None
             self._room.release()
-        if self.on_ready:
+        if self.on_ready and job.item.state == INCOMING:
             self.on_ready(job.item.id)
 
     def _write_folders(self, jobs: list[_Accept]) -> list[BaseException | None]:
@@ -228,7 +228,7 @@ class Spool:
             raise
         if self._on_commit:
             self._on_commit(time.perf_counter() - started, 1)
-        if self.on_ready:
+        if self.on_ready and job.item.state == INCOMING:
             self.on_ready(job.item.id)
 
     @staticmethod

@@ -51,6 +51,9 @@ class MetricsRelay:
     def connection_refused(self, outcome: str) -> None:
         self._events.append(("connection_refused", (outcome,)))
 
+    def auth_result(self, method: str, result: str) -> None:
+        self._events.append(("auth_result", (method, result)))
+
     def queued(self, queue_id: str) -> None:
         self._events.append(("queued", (queue_id,)))
 
@@ -60,7 +63,7 @@ class MetricsRelay:
             self._conn.send(("events", events))
 
 
-APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused"})
+APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused", "auth_result"})
 
 
 def run_worker(config: Config, index: int, conn: Connection) -> None:
@@ -70,6 +73,7 @@ def run_worker(config: Config, index: int, conn: Connection) -> None:
 
 
 async def _worker(config: Config, index: int, conn: Connection) -> None:
+    from sesmail_gateway.checks.inspector import Inspector
     from sesmail_gateway.routes.factory import open_route_store
     from sesmail_gateway.routes.resolver import RouteResolver
     from sesmail_gateway.smtp.handler import GatewayHandler
@@ -82,13 +86,19 @@ async def _worker(config: Config, index: int, conn: Connection) -> None:
     await asyncio.to_thread(spool.replay_orphaned_journals)
     store = open_route_store(config)
     resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
-    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay)
+    inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
+    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, inspector=inspector)
     server = SMTPServer(config, handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides
-    loop.add_signal_handler(signal.SIGHUP, resolver.invalidate)
+
+    def reload() -> None:
+        resolver.invalidate()
+        inspector.invalidate()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await server.start()
     conn.send(("ready", index))
 

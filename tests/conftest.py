@@ -78,11 +78,16 @@ class Gateway:
     def __init__(self, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None) -> None:
         self.tmp = tmp
         self.data_dir = tmp / "data"
+        # Every gateway asks its own DNS server on 127.0.0.1; tests add zones to it.
+        self.dns = TestDNSServer()
+        self.dns.start()
         self.port = free_port()
         self.metrics_port = free_port()
         sections: dict[str, dict[str, Any]] = {
             "gateway": {"hostname": "mx.test", "domains": ["example.test", "localhost"], "data_dir": str(self.data_dir)},
             "smtp": {"listen": [f"127.0.0.1:{self.port}"], "workers": 1},
+            # SMTP-mechanics tests send bare test messages (no From); the policy tests set "enforce".
+            "checks": {"dns_servers": [self.dns.address], "dns_timeout": 1.0, "dmarc": "monitor"},
             "delivery": {"backoff_base": "1s", "backoff_max": "2s"},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
         }
@@ -174,6 +179,16 @@ class Gateway:
         return self.delivered(maildir)
 
 
+def without_auth_results(raw: bytes) -> bytes:
+    """The delivered bytes without the gateway's leading Authentication-Results field."""
+    if not raw.startswith(b"Authentication-Results:"):
+        return raw
+    end = raw.index(b"\r\n")
+    while raw[end + 2: end + 3] in (b"\t", b" "):
+        end = raw.index(b"\r\n", end + 2)
+    return raw[end + 2:]
+
+
 def parse(raw: bytes) -> email.message.Message:
     return email.message_from_bytes(raw)
 
@@ -194,6 +209,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         if gateway.proc is not None and gateway.proc.poll() is None:
             gateway.proc.kill()
             gateway.proc.wait()
+        gateway.dns.stop()
 
 
 @pytest.fixture

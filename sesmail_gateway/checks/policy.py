@@ -32,11 +32,11 @@ __all__ = ["POLICY_TABLE", "Decision", "authentication_results", "decide",
 
 #: (check, outcome, setting) -> action; setting "*" applies whatever the config says.
 POLICY_TABLE: Mapping[tuple[str, str, str], str] = {
-    # RFC 7489 6.6.1: no single author domain to evaluate, whatever checks.dmarc says
-    ("from", "no-from", "*"): "reject",
-    ("from", "multiple-from", "*"): "reject",
-    ("from", "multiple-from-domains", "*"): "reject",
-    ("from", "no-from-domain", "*"): "reject",
+    # RFC 7489 6.6.1: no single author domain to evaluate; refused under enforce, tagged under monitor
+    ("from", "no-from", "enforce"): "reject",
+    ("from", "multiple-from", "enforce"): "reject",
+    ("from", "multiple-from-domains", "enforce"): "reject",
+    ("from", "no-from-domain", "enforce"): "reject",
     ("dmarc", "reject", "enforce"): "reject",
     ("dmarc", "quarantine", "enforce"): "quarantine",
     ("dmarc", "none", "enforce"): "accept",
@@ -78,7 +78,7 @@ def decide(verdicts: Verdicts, *, dmarc_mode: str = "enforce", spf_fail: str = "
     """The action for a message: ``accept``, ``quarantine`` or ``reject``.
     ``dmarc_mode`` is ``checks.dmarc`` (enforce|monitor), ``spf_fail`` is
     ``checks.spf_fail`` (tag|reject). Pure; unknown combinations accept."""
-    settings = {"from": "*", "dmarc": dmarc_mode, "spf": spf_fail}
+    settings = {"from": dmarc_mode, "dmarc": dmarc_mode, "spf": spf_fail}
     decision = Decision("accept", None, "no policy applies")
     noted: list[str] = []
     for check, outcome, reason in _outcomes(verdicts):

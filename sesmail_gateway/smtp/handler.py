@@ -7,6 +7,7 @@ test pins the names (``handle_EHLO``, ``handle_MAIL``, ``handle_RCPT``,
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import re
@@ -14,8 +15,9 @@ import time
 from typing import Any
 
 from sesmail_gateway import maillog, replies
+from sesmail_gateway.checks.inspector import Inspector
 from sesmail_gateway.config import Config
-from sesmail_gateway.message import Client, QueueItem, RecipientRoute, plan_deliveries
+from sesmail_gateway.message import REJECTED, Client, QueueItem, RecipientRoute, plan_deliveries
 from sesmail_gateway.metrics import SessionMetrics
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.routes import RouteStoreError
@@ -63,11 +65,13 @@ class GatewayHandler:
         resolver: RouteResolver,
         spool: Spool,
         metrics: SessionMetrics,
+        inspector: Inspector,
     ) -> None:
         self.config = config
         self.resolver = resolver
         self.spool = spool
         self.metrics = metrics
+        self.inspector = inspector
         self.domains = {d.lower().rstrip(".") for d in config.gateway.domains}
 
     # -- hooks -------------------------------------------------------------
@@ -86,6 +90,9 @@ class GatewayHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.routes = []
+        # SPF needs only the envelope: start it now, so its DNS look-ups overlap RCPT and DATA.
+        envelope.spf = asyncio.ensure_future(self.inspector.check_sender(
+            ip=_peer_ip(session), helo=session.host_name or "", mail_from=_sender(address)))
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
@@ -102,21 +109,39 @@ class GatewayHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         item = self._new_item(server, session, envelope)
-        content: bytes = envelope.content
-        item.size = len(content)
-        header = received_header(item=item, hostname=self.config.gateway.hostname, esmtp=session.extended_smtp)
         maillog.event("received", item.id, client=item.client.ip, helo=item.client.helo, sender=item.sender,
-                      recipients=item.recipient_addresses, size=item.size)
+                      recipients=item.recipient_addresses, size=len(envelope.content))
+        inspection = await self.inspector.inspect(
+            envelope.content, ip=item.client.ip, helo=item.client.helo, mail_from=item.sender,
+            spf=await envelope.spf if getattr(envelope, "spf", None) else None)
+        item.size = len(inspection.content)
+        item.verdicts = inspection.verdicts.to_dict()
+        item.quarantine = inspection.decision.action == "quarantine"
+        for method, result in inspection.verdicts.results_by_method().items():
+            self.metrics.auth_result(method, result)
+        refusal = REFUSALS.get(inspection.decision.reply_key or "") if inspection.decision.action == "reject" else None
+        if refusal is not None:
+            item.state, item.reason = REJECTED, inspection.decision.reason
+        header = inspection.header + received_header(
+            item=item, hostname=self.config.gateway.hostname, esmtp=session.extended_smtp)
         try:
-            await self.spool.enqueue(item, header, content)
+            await self.spool.enqueue(item, header, inspection.content)
         except OSError as exc:
             log.error("spool: cannot queue %s: %s", item.id, exc)
-            self.metrics.refused("spool-error")
-            maillog.event("rejected", item.id, stage="data", reply=str(replies.SPOOL_ERROR), error=str(exc))
-            return str(replies.SPOOL_ERROR)
+            if refusal is None:
+                self.metrics.refused("spool-error")
+                maillog.event("rejected", item.id, stage="data", reply=str(replies.SPOOL_ERROR), error=str(exc))
+                return str(replies.SPOOL_ERROR)
+        if refusal is not None:
+            # Refused, but kept in rejected/ for review; `queue release` delivers it after all.
+            self.metrics.refused(f"{inspection.decision.reply_key}-policy")
+            maillog.event("rejected", item.id, stage="data", sender=item.sender, reply=str(refusal),
+                          reason=item.reason, verdicts=item.verdicts)
+            return str(refusal)
         self.metrics.message_accepted(item.size)
         maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
-                      deliveries=[d.key for d in item.deliveries])
+                      deliveries=[d.key for d in item.deliveries], quarantine=item.quarantine or None,
+                      auth=inspection.verdicts.results_by_method(), decision=inspection.decision.reason)
         return str(replies.queued(item.id))
 
     async def handle_exception(self, error: Exception) -> str:
@@ -167,6 +192,14 @@ class GatewayHandler:
             id=new_queue_id(), sender=sender, recipients=recipients, client=client,
             created=time.time(), deliveries=plan_deliveries(recipients),
         )
+
+
+# Why a message is refused at the end of DATA (the policy's reply_key) → the reply.
+REFUSALS = {"dmarc": replies.DMARC_REJECT, "spf": replies.SPF_REJECT, "from": replies.FROM_REJECT}
+
+
+def _sender(address: str) -> str:
+    return "" if address in ("", NULL_SENDER) else address
 
 
 def _peer_ip(session: Any) -> str:

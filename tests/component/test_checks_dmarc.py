@@ -137,14 +137,16 @@ def test_partial_body_signature_does_not_align(zone: TestDNSServer, resolver: Re
     assert verdicts.dmarc is not None and verdicts.dmarc.result == "fail"
 
 
-def test_multiple_from_is_rejected_whatever_the_mode(zone: TestDNSServer, resolver: Resolver) -> None:
+def test_multiple_from_is_rejected_under_enforce_and_tagged_under_monitor(
+    zone: TestDNSServer, resolver: Resolver,
+) -> None:
     message = make_message(extra=b"From: ceo@bank.example\r\n")
     verdicts = check(resolver, message, AUTHOR_IP, "bounce@example.org")
     assert verdicts.dmarc is not None
     assert (verdicts.dmarc.result, verdicts.dmarc.reason) == ("permerror", "multiple-from")
-    for mode in ("enforce", "monitor"):
-        decision = decide(verdicts, dmarc_mode=mode)
-        assert (decision.action, decision.reply_key) == ("reject", "from")
+    assert (decide(verdicts, dmarc_mode="enforce").action, decide(verdicts, dmarc_mode="enforce").reply_key) == (
+        "reject", "from")
+    assert decide(verdicts, dmarc_mode="monitor").action == "accept"
 
 
 @pytest.mark.parametrize(("records", "reason"), [

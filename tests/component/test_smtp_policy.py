@@ -56,7 +56,7 @@ def queue_id(message: bytes | str) -> str:
     return match.group(1)
 
 
-def send(gw: Gateway, recipients: list[str], body: bytes = b"Subject: t\r\n\r\nbody\r\n",
+def send(gw: Gateway, recipients: list[str], body: bytes = b"From: s@elsewhere.test\r\nSubject: t\r\n\r\nbody\r\n",
          sender: str = "sender@elsewhere.test") -> str:
     """One message over smtplib; every recipient must be accepted; returns the queue id."""
     with smtplib.SMTP("127.0.0.1", gw.port, local_hostname="client.test", timeout=10) as client:
@@ -122,6 +122,9 @@ def test_delivered_message_is_received_header_plus_the_exact_bytes_sent(
 
     [delivered] = gw.wait_delivered(1)
     received = re.compile(
+        # Our Authentication-Results (verdicts for a sender domain without records), then Received.
+        rb"Authentication-Results: mx\.test;\r\n\tspf=none smtp\.mailfrom=elsewhere\.test;\r\n"
+        rb"\tdkim=none;\r\n\tdmarc=none header\.from=elsewhere\.test\r\n"
         rb"Received: from client\.example \(unknown \[127\.0\.0\.1\]\)\r\n"
         rb"\tby mx\.test \(sesmail-gateway\) with ESMTP id " + qid.encode() + rb"\r\n"
         rb"\tfor <alice@example\.test>; [A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d -0000\r\n"
@@ -165,7 +168,7 @@ def test_null_sender_is_accepted(make_gateway: Callable[..., Gateway]) -> None:
     """Bounces and DSNs come from MAIL FROM:<> and must reach the user."""
     gw = make_gateway()
     qid = send(gw, ["alice@example.test"], sender="<>",
-               body=b"Subject: Undelivered Mail Returned to Sender\r\n\r\nbounce\r\n")
+               body=b"From: s@elsewhere.test\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\nbounce\r\n")
     [delivered] = gw.wait_delivered(1)
     assert f"with ESMTP id {qid}".encode() in delivered
     [queued] = gw.events("queued")
@@ -263,7 +266,7 @@ def test_recipients_over_the_limit_get_452_453(make_gateway: Callable[..., Gatew
             assert client.rcpt(f"user{n}@example.test") == (250, b"2.1.5 Recipient ok")
         code, text = client.rcpt("user3@example.test")
         assert (code, text[:6]) == (452, b"4.5.3 ")
-        code, text = client.data(b"Subject: many\r\n\r\nbody\r\n")
+        code, text = client.data(b"From: s@elsewhere.test\r\nSubject: many\r\n\r\nbody\r\n")
         assert code == 250
         qid = queue_id(text)
         # The limit is per transaction: the next one starts from zero.
@@ -291,7 +294,7 @@ def test_only_accepted_recipients_of_a_mixed_list_get_the_message(
         assert client.rcpt("bob@example.test")[0] == 550
         assert client.rcpt("gone@example.test")[0] == 550
         assert client.rcpt("carol@localhost")[0] == 250
-        code, text = client.data(b"Subject: mixed\r\n\r\nbody\r\n")
+        code, text = client.data(b"From: s@elsewhere.test\r\nSubject: mixed\r\n\r\nbody\r\n")
         assert code == 250
         qid = queue_id(text)
     assert len(gw.wait_delivered(1, gw.data_dir / "alice")) == 1
@@ -362,12 +365,12 @@ def test_client_text_cannot_forge_headers_above_the_message(make_gateway: Callab
         assert raw.command(b"MAIL FROM:<sender@elsewhere.test>")[0] == 250
         assert raw.command(b'RCPT TO:<"x\rX-Forged:1"@example.test>') == (250, "2.1.5 Recipient ok")
         assert raw.command(b"DATA")[0] == 354
-        raw.sock.sendall(b"Subject: plain\r\n\r\nbody\r\n.\r\n")
+        raw.sock.sendall(b"From: s@elsewhere.test\r\nSubject: plain\r\n\r\nbody\r\n.\r\n")
         assert raw.reply()[0] == 250
     finally:
         raw.close()
     [delivered] = gw.wait_delivered(1)
-    header, _, rest = delivered.partition(b"Subject: plain\r\n")
+    header, _, rest = delivered.partition(b"From: s@elsewhere.test\r\nSubject: plain\r\n")
     assert rest == b"\r\nbody\r\n"
     assert b"\r" not in header.replace(b"\r\n", b"")
-    assert parse(delivered).keys() == ["Received", "Subject"]
+    assert parse(delivered).keys() == ["Authentication-Results", "Received", "From", "Subject"]

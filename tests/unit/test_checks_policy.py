@@ -49,9 +49,11 @@ def dmarc(result: str, disposition: str = "none", reason: str = "", policy: str 
     (Verdicts(SpfResult("temperror", "example.org"), dmarc=dmarc("temperror")), "enforce", "reject",
      "accept", None),
     (Verdicts(SPF_FAIL, dmarc=dmarc("temperror")), "enforce", "reject", "accept", None),
-    # RFC 7489 6.6.1, whatever the mode
-    (Verdicts(SPF_PASS, dmarc=dmarc("permerror", "reject", "multiple-from", "reject")), "monitor", "tag",
+    # RFC 7489 6.6.1: refused under enforce, only tagged under monitor
+    (Verdicts(SPF_PASS, dmarc=dmarc("permerror", "reject", "multiple-from", "reject")), "enforce", "tag",
      "reject", "from"),
+    (Verdicts(SPF_PASS, dmarc=dmarc("permerror", "reject", "multiple-from", "reject")), "monitor", "tag",
+     "accept", None),
     (Verdicts(SPF_PASS, dmarc=dmarc("permerror", "none", "invalid-record")), "enforce", "reject", "accept", None),
 ])
 def test_policy_table(verdicts: Verdicts, mode: str, spf_fail: str, action: str, key: str | None) -> None:
@@ -159,5 +161,6 @@ def test_every_from_problem_has_a_row_in_the_table() -> None:
     from sesmail_gateway.checks.dmarc import FROM_PROBLEMS
     from sesmail_gateway.checks.policy import POLICY_TABLE
 
-    assert {problem: POLICY_TABLE[("from", problem, "*")] for problem in FROM_PROBLEMS} == dict.fromkeys(
+    assert {problem: POLICY_TABLE[("from", problem, "enforce")] for problem in FROM_PROBLEMS} == dict.fromkeys(
         FROM_PROBLEMS, "reject")
+    assert all(("from", problem, "monitor") not in POLICY_TABLE for problem in FROM_PROBLEMS)  # monitor tags

@@ -18,6 +18,7 @@ import aiosmtpd.smtp
 import pytest
 
 from sesmail_gateway import replies
+from sesmail_gateway.checks.inspector import Inspector
 from sesmail_gateway.config import Config, load_mapping
 from sesmail_gateway.message import INCOMING, Client, QueueItem, RecipientRoute
 from sesmail_gateway.metrics import Metrics
@@ -28,6 +29,7 @@ from sesmail_gateway.smtp.handler import GatewayHandler, received_header, split_
 from sesmail_gateway.smtp.server import SMTPServer, bind_socket
 from sesmail_gateway.smtp.session import Gate, GatewaySMTP
 from sesmail_gateway.spool import Spool
+from tests.dnsserver import TestDNSServer
 
 HOOKS = ("EHLO", "MAIL", "RCPT", "DATA")
 
@@ -35,10 +37,11 @@ HOOKS = ("EHLO", "MAIL", "RCPT", "DATA")
 # --- a handler wired to real local stores -----------------------------------------
 
 
-def make_config(tmp_path: Path) -> Config:
+def make_config(tmp_path: Path, dns: str = "127.0.0.1:9") -> Config:
     return load_mapping({
         "gateway": {"hostname": "mx.test", "domains": ["example.test"], "data_dir": str(tmp_path)},
         "rules": {"cache_seconds": 0},
+        "checks": {"dns_servers": [dns], "dns_timeout": 0.5, "dmarc": "monitor"},
     })
 
 
@@ -54,12 +57,12 @@ def spool(tmp_path: Path, ready: list[str]) -> Spool:
 
 
 @pytest.fixture
-def handler(tmp_path: Path, spool: Spool) -> GatewayHandler:
-    config = make_config(tmp_path)
+def handler(tmp_path: Path, spool: Spool, dns_server: TestDNSServer) -> GatewayHandler:
+    config = make_config(tmp_path, dns_server.address)
     store = SqliteRouteStore(tmp_path / "rules.db")
     store.put(Rule(pattern="*@example.test", actions=(Action("maildir", "mail"),)))
     return GatewayHandler(config=config, resolver=RouteResolver(store, cache_seconds=0), spool=spool,
-                          metrics=Metrics())
+                          metrics=Metrics(), inspector=Inspector(config=config.checks, hostname="mx.test"))
 
 
 @pytest.fixture
