@@ -9,6 +9,7 @@ turns that into exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -255,9 +256,10 @@ def _validate(config: Config) -> None:
             fail(key, f"no such file: {path}")
     for server in config.checks.dns_servers:
         try:
-            parse_hostport(server, default_port=53)
+            host, _ = parse_hostport(server, default_port=53)
+            ipaddress.ip_address(host)
         except ValueError as exc:
-            fail("checks.dns_servers", str(exc))
+            fail("checks.dns_servers", f"{server!r} is not an IP address with an optional port ({exc})")
     if config.delivery.backoff_max < config.delivery.backoff_base:
         fail("delivery.backoff_max", "must not be shorter than delivery.backoff_base")
     if config.metrics.listen:

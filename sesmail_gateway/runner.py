@@ -31,6 +31,7 @@ from sesmail_gateway.message import (
     FAILED,
     HELD,
     INCOMING,
+    REJECTED,
     Delivery,
     QueueItem,
     StoredMessage,
@@ -40,6 +41,9 @@ from sesmail_gateway.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Messages refused at DATA are kept this long for review and `queue release`.
+REJECTED_RETENTION = 30 * 86400.0
 
 
 def backoff_delay(
@@ -98,6 +102,7 @@ class Runner:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.config.concurrency)]
         self._tasks.append(asyncio.create_task(self._scheduler()))
         self._tasks.append(asyncio.create_task(self._poller()))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, give in-flight deliveries ``timeout`` seconds, then cancel.
@@ -157,6 +162,25 @@ class Runner:
                 self._scan_incoming()
             except OSError as exc:
                 log.error("runner: cannot scan incoming: %s", exc)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                await self._run(self.expire_rejected)
+            except OSError as exc:
+                log.error("runner: cannot expire rejected messages: %s", exc)
+            await asyncio.sleep(3600)
+
+    def expire_rejected(self) -> int:
+        """Delete refused messages older than the retention period; returns how many."""
+        horizon = self.clock() - REJECTED_RETENTION
+        expired = 0
+        for item in self.spool.items(REJECTED):
+            if item.created < horizon:
+                self.spool.remove(item)
+                maillog.event("deleted", item.id, by="retention", state=REJECTED)
+                expired += 1
+        return expired
 
     async def _scheduler(self) -> None:
         while True:

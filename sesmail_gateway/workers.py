@@ -22,6 +22,7 @@ from typing import Any
 from sesmail_gateway import maillog
 from sesmail_gateway.config import Config
 from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.smtp.limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,13 @@ class MetricsRelay:
 APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused", "auth_result"})
 
 
-def run_worker(config: Config, index: int, conn: Connection) -> None:
+def run_worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
     """Entry point of a worker process."""
     maillog.configure()
-    asyncio.run(_worker(config, index, conn))
+    asyncio.run(_worker(config, index, conn, limits))
 
 
-async def _worker(config: Config, index: int, conn: Connection) -> None:
+async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
     from sesmail_gateway.checks.inspector import Inspector
     from sesmail_gateway.routes.factory import open_route_store
     from sesmail_gateway.routes.resolver import RouteResolver
@@ -88,7 +89,7 @@ async def _worker(config: Config, index: int, conn: Connection) -> None:
     resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
     inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
     handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, inspector=inspector)
-    server = SMTPServer(config, handler)
+    server = SMTPServer(config, handler, limits.bind(index))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -128,6 +129,9 @@ class WorkerPool:
         self.on_queued = on_queued
         self.count = worker_count(config)
         self._context = multiprocessing.get_context("spawn")
+        self.limits = SharedLimits(max_connections=config.smtp.max_connections,
+                                   max_per_ip=config.smtp.max_connections_per_ip, slots=self.count,
+                                   context=self._context)
         self._procs: dict[int, tuple[BaseProcess, Connection]] = {}
         self._ready: set[int] = set()
         self._all_ready = asyncio.Event()
@@ -141,8 +145,9 @@ class WorkerPool:
         self._watch = asyncio.create_task(self._supervise())
 
     def _spawn(self, index: int) -> None:
+        self.limits.reset(index)  # a dead predecessor's sessions are gone
         parent, child = self._context.Pipe(duplex=False)
-        proc = self._context.Process(target=run_worker, args=(self.config, index, child),
+        proc = self._context.Process(target=run_worker, args=(self.config, index, child, self.limits),
                                      name=f"smtp-worker-{index}", daemon=False)
         proc.start()
         child.close()

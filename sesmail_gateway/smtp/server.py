@@ -9,6 +9,7 @@ import ssl
 
 from sesmail_gateway.config import Config, parse_hostport
 from sesmail_gateway.smtp.handler import GatewayHandler
+from sesmail_gateway.smtp.limits import Limits, LocalLimits
 from sesmail_gateway.smtp.session import Gate, GatewaySMTP
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,13 @@ def bind_socket(address: str, *, reuse_port: bool) -> socket.socket:
 
 
 class SMTPServer:
-    def __init__(self, config: Config, handler: GatewayHandler) -> None:
+    def __init__(self, config: Config, handler: GatewayHandler, limits: Limits | None = None) -> None:
         self.config = config
         self.handler = handler
-        self.gate = Gate(
+        self.gate = Gate(limits or LocalLimits(
             max_connections=config.smtp.max_connections,
             max_per_ip=config.smtp.max_connections_per_ip,
-        )
+        ))
         self.tls = tls_context(config.smtp.tls_cert, config.smtp.tls_key)
         self._servers: list[asyncio.Server] = []
 

@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import re
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from aiosmtpd.smtp import SMTP
 from sesmail_gateway import replies
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.smtp.data import read_data
+from sesmail_gateway.smtp.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,9 @@ class _CommandTable(dict[str, Any]):
 class Gate:
     """Admission for new sessions: connection limits and drain."""
 
-    def __init__(self, *, max_connections: int, max_per_ip: int) -> None:
-        self.max_connections = max_connections
-        self.max_per_ip = max_per_ip
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.sessions: set[GatewaySMTP] = set()
-        self.per_ip: Counter[str] = Counter()
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -61,12 +59,10 @@ class Gate:
         """None to admit, or the reply that refuses the connection."""
         if self.draining:
             return replies.SHUTTING_DOWN
-        if len(self.sessions) >= self.max_connections:
-            return replies.TOO_MANY_CONNECTIONS
-        if self.per_ip[session.client_ip] >= self.max_per_ip:
-            return replies.TOO_MANY_FROM_IP
+        refusal = self.limits.acquire(session.client_ip)
+        if refusal is not None:
+            return refusal
         self.sessions.add(session)
-        self.per_ip[session.client_ip] += 1
         self.idle.clear()
         return None
 
@@ -74,9 +70,7 @@ class Gate:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
-        self.per_ip[session.client_ip] -= 1
-        if self.per_ip[session.client_ip] <= 0:
-            del self.per_ip[session.client_ip]
+        self.limits.release(session.client_ip)
         if not self.sessions:
             self.idle.set()
 

@@ -41,6 +41,7 @@ def test_defaults_match_the_documented_contract() -> None:
         ({"smtp": {"tls_cert": "/nonexistent.pem"}}, "smtp.tls_cert: tls_cert and tls_key must be set together"),
         ({"smtp": {"workers": True}}, "smtp.workers: expected an integer"),
         ({"smtp": "yes"}, "smtp: expected a table"),
+        ({"checks": {"dns_servers": ["dns.example:53"]}}, "checks.dns_servers: 'dns.example:53' is not an IP address"),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, object], message: str) -> None:

@@ -26,6 +26,7 @@ from sesmail_gateway.routes import Action, Rule
 from sesmail_gateway.routes.resolver import RouteResolver
 from sesmail_gateway.routes.sqlite import SqliteRouteStore
 from sesmail_gateway.smtp.handler import GatewayHandler, received_header, split_address
+from sesmail_gateway.smtp.limits import LocalLimits
 from sesmail_gateway.smtp.server import SMTPServer, bind_socket
 from sesmail_gateway.smtp.session import Gate, GatewaySMTP
 from sesmail_gateway.spool import Spool
@@ -69,7 +70,7 @@ def handler(tmp_path: Path, spool: Spool, dns_server: TestDNSServer) -> GatewayH
 async def smtp(handler: GatewayHandler) -> GatewaySMTP:
     """A session object as the server builds it, with session and envelope but no socket."""
     session = GatewaySMTP(
-        handler, gate=Gate(max_connections=10, max_per_ip=10), data_timeout=10, junk_limit=10,
+        handler, gate=Gate(LocalLimits(max_connections=10, max_per_ip=10)), data_timeout=10, junk_limit=10,
         data_size_limit=1000, enable_SMTPUTF8=True, decode_data=False, hostname="mx.test",
         loop=asyncio.get_running_loop(),
     )

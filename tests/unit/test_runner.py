@@ -23,6 +23,7 @@ from sesmail_gateway.message import (
     HELD,
     INCOMING,
     PENDING,
+    REJECTED,
     Delivery,
     QueueItem,
     RecipientRoute,
@@ -221,3 +222,19 @@ async def test_start_resumes_everything_found_on_disk(spool: Spool, tmp_path: Pa
     await until(lambda: not spool.ids(INCOMING))
     await runner.stop()
     assert sorted(c[0] for c in target.calls) == sorted([waiting.id, interrupted.id])
+
+
+async def test_refused_messages_are_kept_thirty_days_then_deleted(spool: Spool, tmp_path: Path) -> None:
+    now = time.time()
+    old, recent = make_item("a"), make_item("b")
+    old.state = recent.state = REJECTED
+    old.created, recent.created = now - 31 * 86400, now - 29 * 86400
+    await queue(spool, old)
+    await queue(spool, recent)
+    await spool.close()
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    await until(lambda: where(spool, old.id) is None)
+    assert where(spool, recent.id) == REJECTED
+    await runner.stop()
+    assert target.calls == []  # refused messages are never delivered on their own
