@@ -26,6 +26,7 @@ safe to share between threads: the daemon runs checks in a thread pool.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,9 @@ import dns.resolver
 from sesmail_gateway.config import parse_hostport
 
 __all__ = ["DkimTxtLookup", "DnsResult", "DnsStatus", "Resolver", "ascii_domain"]
+
+
+FAILURE_TTL = 5  # seconds a temporary failure is remembered
 
 
 class DnsStatus(StrEnum):
@@ -203,6 +207,10 @@ class Resolver:
         if cached is not None:
             return cached
         result = self._lookup(key[0], rdtype)
+        if result.status is DnsStatus.TEMPFAIL:
+            # RFC 2308 7.1: remember a server failure briefly, so a dead server is not
+            # asked again (and waited for) by every message in the next seconds.
+            result = dataclasses.replace(result, ttl=FAILURE_TTL)
         self._cache.put(key, result, now)
         return result
 

@@ -7,7 +7,7 @@ import threading
 import dkim
 import pytest
 
-from sesmail_gateway.checks.dns import DkimTxtLookup, DnsStatus, Resolver
+from sesmail_gateway.checks.dns import FAILURE_TTL, DkimTxtLookup, DnsStatus, Resolver
 from tests.dnsserver import TestDNSServer, free_udp_port
 
 
@@ -59,16 +59,23 @@ def test_cname_chain_is_followed_and_a_loop_is_nodata(dns_server: TestDNSServer,
 
 @pytest.mark.parametrize("fault", ["timeout", "servfail"])
 def test_server_faults_are_temporary(dns_server: TestDNSServer, fault: str) -> None:
-    resolver = Resolver([dns_server.address], timeout=0.3)
+    now = [1000.0]
+    resolver = Resolver([dns_server.address], timeout=0.3, clock=lambda: now[0])
     dns_server.add("bad.example.test", "A", "192.0.2.1")
     (dns_server.set_timeout if fault == "timeout" else dns_server.set_servfail)("bad.example.test")
 
     result = resolver.query("bad.example.test", "A")
 
-    assert result.status is DnsStatus.TEMPFAIL and result.ttl == 0 and result.error
+    assert result.status is DnsStatus.TEMPFAIL and result.error
     dns_server.set_timeout("bad.example.test", False)
     dns_server.set_servfail("bad.example.test", False)
-    assert resolver.query("bad.example.test", "A").status is DnsStatus.OK  # tempfail was not cached
+    sent = resolver.queries_sent
+    # A failure is remembered briefly (RFC 2308 7.1), so a dead server is not asked by every message ...
+    assert resolver.query("bad.example.test", "A").status is DnsStatus.TEMPFAIL
+    assert resolver.queries_sent == sent
+    # ... and only briefly.
+    now[0] += FAILURE_TTL + 1
+    assert resolver.query("bad.example.test", "A").status is DnsStatus.OK
 
 
 def test_dead_server_is_temporary_failure() -> None:
