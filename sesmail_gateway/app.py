@@ -124,7 +124,7 @@ class Gateway:
         if self.smtp is not None:
             self.bound = await self.smtp.start()
         if self.pool is not None:
-            await self.pool.start()
+            await self.pool.start(abort=self._stop)
         if self.config.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
             self.metrics_server.start()
@@ -158,11 +158,12 @@ class Gateway:
         log.info("shutdown: done")
 
     async def run(self) -> None:
-        await self.start()
+        # Handlers first: a SIGTERM during start-up (workers still starting) is a clean stop too.
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start()
         sdnotify.notify("READY=1")
         log.info("gateway %s ready: smtp %s (%d worker(s)), data %s", self.config.gateway.hostname,
                  ", ".join(self.config.smtp.listen), worker_count(self.config), self.config.data_dir)

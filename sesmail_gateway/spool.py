@@ -51,7 +51,7 @@ from sesmail_gateway.fsutil import (
     write_file,
 )
 from sesmail_gateway.groupcommit import GroupCommit
-from sesmail_gateway.message import ACTIVE, INCOMING, STATES, QueueItem
+from sesmail_gateway.message import ACTIVE, INCOMING, REJECTED, STATES, QueueItem
 
 log = logging.getLogger(__name__)
 
@@ -454,7 +454,8 @@ class Spool:
                 return 0
             shutil.rmtree(folder)  # torn by the crash: the journal has the whole message
         shutil.rmtree(self.root / TMP / item.id, ignore_errors=True)
-        folder = self.root / INCOMING / item.id
+        # Back to the state it was accepted in: a message refused at DATA stays refused.
+        folder = self.root / (item.state if item.state in (INCOMING, REJECTED) else INCOMING) / item.id
         folder.mkdir(mode=0o750)
         write_file(folder / MESSAGE, record.message, sync=False)
         write_file(folder / META, record.meta, sync=False)

@@ -138,11 +138,21 @@ class WorkerPool:
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
 
-    async def start(self, timeout: float = 60.0) -> None:
+    async def start(self, abort: asyncio.Event, timeout: float = 60.0) -> None:
+        """Start every worker; return when all are listening, or ``abort`` is set, or after ``timeout``.
+
+        The supervisor runs from the start, so a worker that dies while starting is replaced.
+        """
         for index in range(self.count):
             self._spawn(index)
-        await asyncio.wait_for(self._all_ready.wait(), timeout)
         self._watch = asyncio.create_task(self._supervise())
+        waits = [asyncio.create_task(self._all_ready.wait()), asyncio.create_task(abort.wait())]
+        done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if not done:
+            log.error("workers: only %d of %d smtp workers ready after %.0fs; still trying",
+                      len(self._ready), self.count, timeout)
 
     def _spawn(self, index: int) -> None:
         self.limits.reset(index)  # a dead predecessor's sessions are gone

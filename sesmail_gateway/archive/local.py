@@ -19,10 +19,14 @@ class FolderArchiver:
         self.fs = fs if fs is not None and fs.available else None
         if self.fs is not None:
             self.fs.track(self.root)
+        self._days: set[str] = set()
 
     def archive(self, item: QueueItem, message: StoredMessage) -> str:
         day = time.strftime("%Y-%m-%d", time.gmtime(item.created))
-        folder = ensure_dir(self.root / day)
+        folder = self.root / day
+        if day not in self._days:
+            ensure_dir(folder)
+            self._days.add(day)
         path = folder / f"{item.id}.eml"
         # The spool file never changes: the archive copy is a hard link to it.
         link_or_copy(message.path, path, sync=self.fs is None)

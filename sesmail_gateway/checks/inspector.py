@@ -58,11 +58,6 @@ class Inspector:
         self.resolver = Resolver(config.dns_servers, timeout=config.dns_timeout)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="checks")
 
-    @property
-    def spf_at_mail(self) -> bool:
-        """With ``spf_fail = "reject"`` SPF is judged at MAIL FROM, before any data is sent."""
-        return self.config.spf_fail == "reject"
-
     async def check_sender(self, *, ip: str, helo: str, mail_from: str) -> SpfResult:
         loop = asyncio.get_running_loop()
         try:
@@ -70,10 +65,6 @@ class Inspector:
                 loop.run_in_executor(self._pool, check_spf, self.resolver, ip, helo, mail_from), self.timeout)
         except TimeoutError:
             return SpfResult("temperror", "", "SPF check timed out", "mailfrom" if mail_from else "helo")
-
-    def sender_decision(self, spf: SpfResult) -> Decision:
-        """The policy for the SPF verdict alone (MAIL FROM time)."""
-        return decide(Verdicts(spf), dmarc_mode="monitor", spf_fail=self.config.spf_fail)
 
     async def inspect(self, content: bytes, *, ip: str, helo: str, mail_from: str,
                       spf: SpfResult | None = None) -> Inspection:

@@ -31,6 +31,7 @@ class MaildirDeliverer:
     def __init__(self, data_dir: Path, fs: FilesystemSync | None = None) -> None:
         self.data_dir = data_dir
         self.fs = fs if fs is not None and fs.available else None
+        self._prepared: set[Path] = set()  # Maildirs known to exist (saves syscalls per message)
         self.host = socket.gethostname().replace("/", "_").replace(":", "_")
 
     def folder_for(self, item: QueueItem, delivery: Delivery) -> Path:
@@ -41,24 +42,36 @@ class MaildirDeliverer:
         return root / JUNK if item.quarantine else root
 
     def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
-        folder = ensure_maildir(self.folder_for(item, delivery))
-        if self.fs is not None:
-            self.fs.track(folder)
+        folder = self.folder_for(item, delivery)
         name = f"{int(item.created)}.{item.id}_{_slug(delivery.key)}.{self.host}"
-        if self._already_delivered(folder, name, look_in_cur=delivery.attempts > 0):
+        if delivery.attempts > 0 and self._in_cur(folder, name):
             return
         # The spool file is complete and never changes, so it can appear in new/ at once
         # (the tmp/ step of Maildir exists to hide partial writes); a copy where links fail.
-        link_or_copy(message.path, folder / "new" / name, sync=self.fs is None)
+        # An existing file of that name is this message from an attempt a crash cut short.
+        self._prepare(folder)
+        try:
+            link_or_copy(message.path, folder / "new" / name, sync=self.fs is None)
+        except FileNotFoundError:  # the Maildir was removed since we made it: make it again
+            self._prepared.discard(folder)
+            self._prepare(folder)
+            link_or_copy(message.path, folder / "new" / name, sync=self.fs is None)
+
+    def _prepare(self, folder: Path) -> None:
+        if folder in self._prepared:
+            return
+        ensure_maildir(folder)
+        if self.fs is not None:
+            self.fs.track(folder)
+        self._prepared.add(folder)
 
     @staticmethod
-    def _already_delivered(folder: Path, name: str, *, look_in_cur: bool) -> bool:
-        if (folder / "new" / name).exists():
-            return True
-        if not look_in_cur:
+    def _in_cur(folder: Path, name: str) -> bool:
+        """A mail reader moves messages to cur/ and appends ":2,FLAGS"; only a retry needs the scan."""
+        try:
+            return any(entry.name.split(":", 1)[0] == name for entry in os.scandir(folder / "cur"))
+        except FileNotFoundError:
             return False
-        # A mail reader moves messages to cur/ and appends ":2,FLAGS"; only a retry needs the scan.
-        return any(entry.name.split(":", 1)[0] == name for entry in os.scandir(folder / "cur"))
 
 
 def _slug(key: str) -> str:

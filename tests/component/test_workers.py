@@ -55,20 +55,24 @@ def test_02_connection_limits_hold_across_workers_and_survive_a_worker_crash(
 
     # kill -9 one worker while it holds sessions: its counts must not leak.
     assert gateway.proc is not None
-    workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid), "-f", "spawn_main"],
+                             capture_output=True, text=True).stdout.split()
     assert len(workers) >= 2
     subprocess.run(["kill", "-9", workers[0]], check=True)
     for sock, _ in held:
         sock.close()
 
-    def four_admitted_after_restart() -> bool:
-        opened = [banner(gateway.port) for _ in range(3)]
+    def three_admitted_after_restart() -> bool:
+        try:
+            opened = [banner(gateway.port) for _ in range(3)]
+        except OSError:  # a connection the dead worker's socket had queued is reset
+            return False
         ok = all(greeting.startswith(b"220 ") for _, greeting in opened)
         for sock, _ in opened:
             sock.close()
         return ok
 
-    wait_for(four_admitted_after_restart, timeout=20, interval=0.5)
+    wait_for(three_admitted_after_restart, timeout=20, interval=0.5)
     gateway.signal(signal.SIGTERM)
     assert gateway.proc.wait(30) == 0
 
