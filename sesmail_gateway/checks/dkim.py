@@ -25,11 +25,30 @@ import logging
 from dataclasses import dataclass
 
 import dkim
+import dkim.crypto
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from sesmail_gateway.checks.dns import DkimTxtLookup, DnsResult, DnsStatus, Resolver
 from sesmail_gateway.checks.headers import header_fields
+
+
+def _int2str(n: int, length: int = -1) -> bytearray:
+    """dkimpy's ``crypto.int2str``, with int.to_bytes instead of a byte-at-a-time loop."""
+    assert n >= 0
+    size = max(length, (n.bit_length() + 7) // 8 or 1) if length < 0 else length
+    return bytearray(n.to_bytes(size, "big"))
+
+
+def _str2int(data: bytes) -> int:
+    """dkimpy's ``crypto.str2int``, with int.from_bytes."""
+    return int.from_bytes(bytes(data), "big")
+
+
+# dkimpy verifies RSA in Python and converts the 256-byte numbers one byte per loop
+# turn, a third of a 4 KiB message's whole check time; these are the same functions in C.
+dkim.crypto.int2str = _int2str
+dkim.crypto.str2int = _str2int
 
 __all__ = ["ArcResult", "DkimResult", "check_arc", "check_dkim"]
 

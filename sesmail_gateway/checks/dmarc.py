@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -113,16 +114,22 @@ def check_dmarc(resolver: Resolver, message: bytes, spf: SpfResult, dkim: Sequen
         return found
     record, record_domain = found
     try:
-        tags = parse_dmarc_record(_without_report_uris(record), record_domain)["tags"]
+        p, sp, adkim, aspf = _policy_tags(record, record_domain)
     except Exception:  # checkdmarc's DMARCError family, or its grammar giving up
         return DmarcResult("permerror", author, reason="invalid-record", record_domain=record_domain)
-    use_sp = record_domain != author
-    policy = str(tags["sp" if use_sp else "p"]["value"])
-    adkim, aspf = str(tags["adkim"]["value"]), str(tags["aspf"]["value"])
+    policy = sp if record_domain != author else p
     match = _PCT.search(record)
     pct = int(match.group(1)) if match and int(match.group(1)) <= 100 else 100
     base = DmarcResult("none", author, policy, "none", (), "", record_domain, pct, adkim, aspf)
     return _evaluate(base, spf, dkim, rng)
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_tags(record: str, record_domain: str) -> tuple[str, str, str, str]:
+    """(p, sp, adkim, aspf) of a record; parsed once per distinct record (parsing is the slow part)."""
+    tags = parse_dmarc_record(_without_report_uris(record), record_domain)["tags"]
+    return (str(tags["p"]["value"]), str(tags["sp"]["value"]),
+            str(tags["adkim"]["value"]), str(tags["aspf"]["value"]))
 
 
 def _without_report_uris(record: str) -> str:

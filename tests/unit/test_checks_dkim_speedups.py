@@ -1,0 +1,36 @@
+"""The fast integer conversions given to dkimpy must equal its own byte loops."""
+
+from __future__ import annotations
+
+import random
+
+import dkim.crypto
+
+from sesmail_gateway.checks import dkim as gateway_dkim
+
+
+def reference_int2str(n: int, length: int = -1) -> bytearray:
+    """dkimpy 1.1's crypto.int2str, as written there."""
+    r = bytearray()
+    while length < 0 or len(r) < length:
+        r.append(n & 0xFF)
+        n >>= 8
+        if length < 0 and n == 0:
+            break
+    r.reverse()
+    return r
+
+
+def test_conversions_match_dkimpy_and_are_installed() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        n = rng.getrandbits(rng.choice([1, 7, 8, 9, 1024, 2047, 2048]))
+        for length in (-1, 256, 300):
+            if length > 0 and n.bit_length() > length * 8:
+                continue
+            assert gateway_dkim._int2str(n, length) == reference_int2str(n, length)
+        data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+        assert gateway_dkim._str2int(data) == int.from_bytes(data, "big")
+    assert gateway_dkim._int2str(0) == reference_int2str(0) == bytearray(b"\x00")
+    assert dkim.crypto.int2str is gateway_dkim._int2str
+    assert dkim.crypto.str2int is gateway_dkim._str2int
