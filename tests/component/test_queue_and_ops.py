@@ -137,3 +137,22 @@ def test_07_sigterm_stops_cleanly_and_restart_keeps_the_queue(make_gateway: Call
     assert [e["id"] for e in queue_json(gateway, "--state", "deferred")] == [queue_id]
     gateway.cli("queue", "retry", queue_id)
     gateway.wait_delivered(1)
+
+
+def test_08_a_spool_that_cannot_be_written_answers_451_and_recovers(gateway: Gateway) -> None:
+    send(gateway)  # a journal file is open now
+    journal = gateway.data_dir / "spool" / "journal"
+    wait_for(lambda: not list(journal.iterdir()), timeout=10)  # the checkpoint retired it
+    journal.rmdir()
+    journal.write_text("not a folder: no journal can be created")
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as smtp:
+        smtp.ehlo("client.test")
+        smtp.mail("alice@sender.test")
+        smtp.rcpt("bob@example.test")
+        code, reply = smtp.data(b"From: alice@sender.test\r\nSubject: lost?\r\n\r\nbody\r\n")
+    assert (code, reply) == (451, b"4.3.0 Could not queue the message, try again later")
+    journal.unlink()
+    journal.mkdir()
+    send(gateway, subject="after")
+    delivered = gateway.wait_delivered(2)
+    assert not any(b"Subject: lost?" in raw for raw in delivered)
