@@ -10,10 +10,14 @@ Workers report metrics and queued ids to the main process over a pipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -69,8 +73,23 @@ APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connec
 
 def run_worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
     """Entry point of a worker process."""
+    _die_with_parent()
     maillog.configure()
     asyncio.run(_worker(config, index, conn, limits))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the main process dies (even by kill -9).
+
+    A worker left behind would go on accepting mail that no runner delivers,
+    and would share the port with the next start's workers.
+    """
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        ctypes.CDLL(name, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
@@ -103,10 +122,17 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     await server.start()
     conn.send(("ready", index))
 
+    parent = os.getppid()
+
     async def flusher() -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            relay.flush()
+            with contextlib.suppress(OSError):  # a broken pipe: the main process is gone
+                relay.flush()
+            if os.getppid() != parent:  # the main process is gone (where PDEATHSIG is not to be had)
+                log.error("workers: main process gone; smtp worker %d stopping", index)
+                stop.set()
+                return
 
     flushing = asyncio.create_task(flusher())
     checkpoints = asyncio.create_task(run_checkpoints(spool))
@@ -115,7 +141,8 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     checkpoints.cancel()
     await spool.close()
     flushing.cancel()
-    relay.flush()
+    with contextlib.suppress(OSError):
+        relay.flush()
     store.close()
     conn.close()
 

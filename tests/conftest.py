@@ -207,8 +207,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     yield make
     for gateway in started:
         if gateway.proc is not None and gateway.proc.poll() is None:
-            gateway.proc.kill()
-            gateway.proc.wait()
+            gateway.kill_all()
         gateway.dns.stop()
 
 

@@ -89,3 +89,21 @@ def test_03_shared_limits_count_every_slot_and_reset_clears_one() -> None:
     assert first.acquire("192.0.2.8") is not None  # the total, across both slots
     limits.reset(1)  # worker 1 died
     assert first.acquire("192.0.2.1") is None
+
+
+def test_04_workers_do_not_outlive_a_killed_main_process(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway({"smtp": {"workers": 2}})
+    assert gateway.proc is not None
+    workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid), "-f", "spawn_main"],
+                             capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    gateway.kill()  # kill -9 the main process only
+
+    def gone() -> bool:
+        alive = subprocess.run(["ps", "-o", "pid=", "-p", ",".join(workers)], capture_output=True, text=True)
+        return not alive.stdout.strip()
+
+    wait_for(gone, timeout=20)
+    refused = socket.socket()
+    assert refused.connect_ex(("127.0.0.1", gateway.port)) != 0  # nobody left on the port
+    refused.close()
