@@ -8,9 +8,10 @@ because it shares the CPU with the server under test.
 Public pieces:
 
 * :class:`MessageTemplate` -- a message pre-built once per size; ``render(seq)``
-  splices a unique ``Message-ID`` into the pre-built bytes.  A future "checks
-  on" mode can supply any other object with the same ``size`` / ``render``
-  interface (e.g. pre-signed DKIM messages).
+  splices a unique ``Message-ID`` into the pre-built bytes.  ``build`` takes
+  an envelope/From sender and an optional ``signer`` that returns header
+  bytes to prepend (the "checks on" mode DKIM-signs each size once this way;
+  Message-ID must then stay out of the signed headers).
 * :func:`run_load` -- drive one address with N connections for M transactions
   and return a :class:`Result` (accepted count, errors, latencies).
 """
@@ -46,6 +47,7 @@ _LOREM = (
 )
 _WORDS = _LOREM.split()
 _MAX_LINE = 78
+_BUILD_DATE = email.utils.formatdate(localtime=False)
 _UNIQUE = itertools.count(int(time.time()))
 """Process-wide counter that keeps Message-IDs unique across warm-up and measured runs."""
 
@@ -60,6 +62,11 @@ class MessageSource(Protocol):
     @property
     def size(self) -> int:
         """Nominal message size in bytes (headers included, before dot-stuffing)."""
+        ...
+
+    @property
+    def mail_from(self) -> str:
+        """The envelope sender for ``MAIL FROM``."""
         ...
 
     def render(self, seq: int) -> bytes:
@@ -96,6 +103,10 @@ def dot_stuff(lines: list[bytes]) -> list[bytes]:
     return [b"." + line if line.startswith(b".") else line for line in lines]
 
 
+Signer = Callable[[bytes], bytes]
+"""Takes a complete message (CRLF line ends, not dot-stuffed) and returns header bytes to prepend."""
+
+
 @dataclass(frozen=True)
 class MessageTemplate:
     """A message of roughly ``size`` bytes, built once; only the Message-ID varies per send."""
@@ -104,29 +115,61 @@ class MessageTemplate:
     head: bytes
     tail: bytes
     tag: bytes = b"bench"
+    mail_from: str = MAIL_FROM
 
     @classmethod
-    def build(cls, size: int, seed: int = 1) -> MessageTemplate:
-        """Build a realistic plain-text message of about ``size`` bytes (headers included)."""
-        headers_before = (
-            f"From: Bench Sender <{MAIL_FROM}>\r\n"
+    def build(cls, size: int, seed: int = 1, sender: str = MAIL_FROM, signer: Signer | None = None,
+              ) -> MessageTemplate:
+        """Build a realistic plain-text message of about ``size`` bytes (headers included).
+
+        With ``signer``, the headers it returns (e.g. ``DKIM-Signature``) are
+        prepended; the message is sized so that the signed total is ``size``.
+        """
+        template = cls._assemble(size, seed, sender, signer, extra=0)
+        if signer is None:
+            return template
+        extra = len(template.head) - len(cls._headers_before(size, sender))
+        return cls._assemble(size, seed, sender, signer, extra=extra)
+
+    @staticmethod
+    def _headers_before(size: int, sender: str) -> bytes:
+        """Every header up to the ``Message-ID:`` value, in a fixed order (the Date is fixed per build)."""
+        return (
+            f"From: Bench Sender <{sender}>\r\n"
             f"To: <{RCPT_TO}>\r\n"
             f"Subject: sesmail-gateway accept benchmark ({size} bytes)\r\n"
-            f"Date: {email.utils.formatdate(localtime=False)}\r\n"
+            f"Date: {_BUILD_DATE}\r\n"
             "MIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=us-ascii\r\n"
             "Message-ID: "
         ).encode("ascii")
+
+    @classmethod
+    def _assemble(cls, size: int, seed: int, sender: str, signer: Signer | None, extra: int) -> MessageTemplate:
+        """Lay out head/tail for ``size`` bytes, ``extra`` of which go to prepended (signature) headers."""
+        headers_before = cls._headers_before(size, sender)
         headers_after = b"\r\n\r\n"  # end of Message-ID line, blank separator line
-        overhead = len(headers_before) + len(headers_after) + 40  # ~40 bytes for the Message-ID value
+        overhead = extra + len(headers_before) + len(headers_after) + 40  # ~40 bytes for the Message-ID value
         lines = _body_lines(random.Random(seed), max(size - overhead, 1))
+        if signer is not None:
+            unsigned = headers_before + b"<unsigned@client.bench.test>" + headers_after + b"\r\n".join(lines) + b"\r\n"
+            headers_before = signer(unsigned) + headers_before
         body = b"\r\n".join(dot_stuff(lines)) + b"\r\n.\r\n"
-        return cls(size=size, head=headers_before, tail=headers_after + body, tag=f"s{size}".encode())
+        return cls(size=size, head=headers_before, tail=headers_after + body, tag=f"s{size}".encode(),
+                   mail_from=sender)
 
     def render(self, seq: int) -> bytes:
         """Return the DATA payload with a unique ``Message-ID`` for transaction ``seq``."""
         msgid = b"<%d.%d.%s@client.bench.test>" % (next(_UNIQUE), seq, self.tag)
         return b"".join((self.head, msgid, self.tail))
+
+
+def undot(payload: bytes) -> bytes:
+    """Turn a DATA payload (dot-stuffed, ending ``CRLF.CRLF``) back into the message a server receives."""
+    if not payload.endswith(b"\r\n.\r\n"):
+        raise ValueError("payload does not end with CRLF.CRLF")
+    lines = payload[:-3].split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
 
 
 # --------------------------------------------------------------------------- results
@@ -169,16 +212,17 @@ class Result:
 class _Session:
     """One client connection; a thin layer over ``asyncio`` streams."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mail_from: str) -> None:
         self.reader = reader
         self.writer = writer
+        self.mail_command = b"MAIL FROM:<" + mail_from.encode() + b">"
 
     @classmethod
-    async def open(cls, address: Address) -> _Session:
+    async def open(cls, address: Address, mail_from: str = MAIL_FROM) -> _Session:
         """Connect, read the banner and say EHLO; raise :class:`SmtpProtocolError` on refusal."""
         async with asyncio.timeout(STEP_TIMEOUT):
             reader, writer = await asyncio.open_connection(*address)
-            session = cls(reader, writer)
+            session = cls(reader, writer, mail_from)
             try:
                 code = await session.reply()
                 if code != 220:
@@ -211,7 +255,7 @@ class _Session:
         The caller bounds the time (one ``asyncio.timeout`` per transaction is
         much cheaper than a ``wait_for`` task per reply).
         """
-        code = await self.command(b"MAIL FROM:<" + MAIL_FROM.encode() + b">")
+        code = await self.command(self.mail_command)
         if code != 250:
             return "MAIL", code
         code = await self.command(b"RCPT TO:<" + RCPT_TO.encode() + b">")
@@ -282,7 +326,7 @@ async def _worker(
             result.attempted += 1
             try:
                 if session is None:
-                    session = await _Session.open(address)
+                    session = await _Session.open(address, message.mail_from)
                 payload = message.render(seq)
                 started = clock()
                 async with asyncio.timeout(STEP_TIMEOUT):

@@ -1,25 +1,45 @@
-"""SMTP accept benchmark: sesmail-gateway versus a bare aiosmtpd server that discards mail.
+"""SMTP accept benchmark: sesmail-gateway with and without authentication checks, a bare aiosmtpd server, and Postfix.
 
 Measures, per target and message size, accepted messages per second and the
 p50/p99 accept latency -- from sending ``MAIL FROM`` to receiving the final
 ``250`` after the DATA terminator -- with the same load client (N concurrent
 connections, each reusing its session for many transactions).
 
-Targets:
+Targets (the default ``--mode all`` runs all four, per size, in one run):
 
-* ``gateway`` -- ``python -m sesmail_gateway serve --config <tmp>`` with a fresh
-  data dir (durable spool, sqlite rules, file archive, maildir catch-all) and
-  a loopback DNS stub answering NXDOMAIN, so SPF/DMARC never leave the host;
 * ``bare`` -- ``benchmarks/discard_server.py`` (aiosmtpd, ``handle_DATA`` returns 250);
+* ``gateway`` -- ``python -m sesmail_gateway serve`` with a fresh data dir
+  (durable spool, sqlite rules, file archive, maildir catch-all), sent plain
+  mail from ``sender.test``, a domain with no auth records: the checks still
+  run but every lookup is a cheap NXDOMAIN (spf/dkim/dmarc = none);
+* ``gateway+checks`` -- the same gateway sent mail from ``bench-sender.test``:
+  DKIM-signed (RSA-2048 key generated at start, signed once per size; the
+  Message-ID stays unsigned so each transaction gets a unique one), SPF
+  ``v=spf1 ip4:127.0.0.1 -all``, DMARC ``p=reject`` with ``checks.dmarc =
+  "enforce"``.  After the run the gateway's ``/metrics`` must show
+  dkim=pass, spf=pass and dmarc=pass for every accepted message, or the row
+  fails;
+* ``postfix`` -- a private Debian Postfix on a loopback port (see
+  ``benchmarks/postfix_peer.py``), no checks, queueing to ``discard:``; it is
+  sent the same signed mail as ``gateway+checks``; ``in_flow_delay = 0s``
+  unless ``--postfix-in-flow-delay`` says otherwise (Postfix's own 1 s
+  arrival throttle would make it the weaker peer).  Skipped, with a hint,
+  when Postfix is not installed or we are not root;
 * ``--target HOST:PORT`` -- any SMTP server already listening on loopback
-  (then only that one is measured).
+  (then only that one is measured; ``--checks`` sends it the signed mail).
 
-Every target is started fresh for each message size, so the gateway's
-delivery backlog from one size does not bleed into the next.  Everything
-talks to 127.0.0.1 only; subprocesses and temp dirs are cleaned up on exit,
-error, Ctrl-C or SIGTERM.  Run::
+``--mode basic`` runs bare + gateway; ``--mode checks`` (or ``--checks``)
+runs gateway + gateway+checks.  A loopback DNS stub (``_dnsstub.py``) serves
+the sender domain's TXT records to the gateway and NXDOMAIN for the rest;
+the DKIM signature is verified through it before anything is measured.
 
-    .venv/bin/python benchmarks/smtp_accept.py [--connections 20] [--sizes 4096,102400] [--json]
+Every target is started fresh for each message size, so a delivery backlog
+from one size does not bleed into the next.  Everything talks to 127.0.0.1
+only; subprocesses, Postfix and temp dirs are cleaned up on exit, error,
+Ctrl-C or SIGTERM.  Run::
+
+    .venv/bin/python benchmarks/smtp_accept.py [--mode all|basic|checks] [--connections 20]
+        [--sizes 4096,102400] [--messages N] [--workers N] [--json]
 """
 
 from __future__ import annotations
@@ -28,22 +48,26 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
+import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO
 
-from _smtpload import Address, MessageTemplate, Result, check_loopback, run_load
+import postfix_peer
+from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
+from _dnsstub import DnsStub
+from _report import AuthCounts, Row, all_verdicts_in, format_report, missing_passes, ratios, size_label
+from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +75,32 @@ DISCARD_SERVER = Path(__file__).resolve().parent / "discard_server.py"
 READY_TIMEOUT = 30.0
 EXTERNAL_READY_TIMEOUT = 5.0
 STOP_GRACE = 10.0
+SETTLE_SECONDS = 0.5
+"""Pause after ``sync`` between targets, so one target's disk writeback does not land in the next one's figures."""
+METRICS_SETTLE = 10.0
+"""Seconds to wait for worker processes to relay their last auth verdicts to /metrics."""
+
+MODES = {
+    "all": ("bare", "gateway", "gateway+checks", "postfix"),
+    "basic": ("bare", "gateway"),
+    "checks": ("gateway", "gateway+checks"),
+}
+LEGEND = {
+    "bare": "aiosmtpd discard server (no spool, no checks)",
+    "gateway": "gateway, sender domain without auth records (spf/dkim/dmarc = none, NXDOMAIN lookups)",
+    "gateway+checks": "gateway, DKIM-signed mail, SPF pass, DMARC p=reject enforced (all must pass)",
+    "postfix": "Debian Postfix smtpd -> queue -> discard:, no checks, in_flow_delay {delay} (same signed mail)",
+    "external": "--target server, plain mail from sender.test",
+    "external+signed": f"--target server, DKIM-signed mail from {SENDER_DOMAIN} (records only in our DNS stub)",
+}
+
+
+def legend(in_flow_delay: str) -> dict[str, str]:
+    """:data:`LEGEND`, with the Postfix peer's settings and the installed Postfix version when there is one."""
+    postfix = LEGEND["postfix"].format(delay=in_flow_delay)
+    if version := postfix_peer.version():
+        postfix = postfix.replace("Postfix", f"Postfix {version}", 1)
+    return {**LEGEND, "postfix": postfix}
 
 
 class BenchError(Exception):
@@ -80,21 +130,19 @@ def parse_address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def size_label(size: int) -> str:
-    """Render a byte count the way people read it: ``4 KiB``, ``100 KiB``, ``1.5 MiB``."""
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            value = size / scale
-            return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
-    return f"{size} B"
+def postfix_time(text: str) -> str:
+    """Validate a Postfix time value such as ``0s``, ``1s`` or ``500ms``."""
+    if not re.fullmatch(r"\d+(ms|s|m|h|d|w)?", text):
+        raise argparse.ArgumentTypeError(f"not a Postfix time value: {text!r} (e.g. 0s, 1s)")
+    return text
 
 
 def default_count(size: int) -> int:
-    """Messages to measure for ``size`` when ``--messages`` is not given (keeps a run ~1-2 minutes)."""
+    """Messages to measure for ``size`` when ``--messages`` is not given (a default run stays under 3 minutes)."""
     if size <= 16 * 1024:
-        return 2000
+        return 5000
     if size <= 256 * 1024:
-        return 500
+        return 1500
     return 100
 
 
@@ -130,57 +178,47 @@ async def wait_for_banner(address: Address, deadline: float, alive: Callable[[],
     raise BenchError(f"{address[0]}:{address[1]} not ready ({last})")
 
 
-# --------------------------------------------------------------------------- loopback DNS stub
+# --------------------------------------------------------------------------- workload
 
 
-class _NxdomainProtocol(asyncio.DatagramProtocol):
-    """Answer every DNS query with NXDOMAIN (no network, no cache misses upstream)."""
+@dataclass
+class Workload:
+    """What every target of one run shares: the DNS stub, and the messages per size (signed once each)."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport to reply on."""
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    dns: DnsStub
+    auth: AuthSetup
+    plain: dict[int, MessageTemplate]
+    signed: dict[int, MessageTemplate]
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        reply = nxdomain_reply(data)
-        if reply:
-            self.transport.sendto(reply, addr)
+    @property
+    def dns_server(self) -> str:
+        """``"127.0.0.1:PORT"`` of the stub, for ``checks.dns_servers``."""
+        return f"{LOOPBACK}:{self.dns.port}"
 
-
-def nxdomain_reply(query: bytes) -> bytes | None:
-    """Build an NXDOMAIN response echoing the first question of ``query`` (None if malformed)."""
-    if len(query) < 12:
-        return None
-    qid, flags, qdcount = struct.unpack("!HHH", query[:6])
-    end = 12
-    while end < len(query) and query[end] != 0:
-        end += 1 + query[end]
-    end += 5  # root label + QTYPE + QCLASS
-    if qdcount < 1 or end > len(query):
-        return None
-    reply_flags = 0x8000 | (flags & 0x7900) | 0x0080 | 3  # QR, opcode+RD copied, RA, NXDOMAIN
-    return struct.pack("!HHHHHH", qid, reply_flags, 1, 0, 0, 0) + query[12:end]
+    def message(self, size: int, signed: bool) -> MessageSource:
+        """The template to send at ``size``: DKIM-signed from the authenticated domain, or plain."""
+        return (self.signed if signed else self.plain)[size]
 
 
-class DnsStub:
-    """A UDP DNS server on 127.0.0.1 that says NXDOMAIN to everything."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.port = 0
-
-    async def start(self) -> str:
-        """Start listening; return ``"127.0.0.1:PORT"`` for ``checks.dns_servers``."""
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(_NxdomainProtocol, local_addr=(LOOPBACK, 0))
-        self.transport = transport
-        self.port = int(transport.get_extra_info("sockname")[1])
-        return f"{LOOPBACK}:{self.port}"
-
-    def stop(self) -> None:
-        """Close the socket."""
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+async def prepare_workload(sizes: Sequence[int]) -> Workload:
+    """Generate the DKIM key, sign one message per size, start the DNS stub, and prove a message verifies."""
+    auth = AuthSetup.generate()
+    dns = DnsStub(auth.records())
+    try:
+        await dns.start()
+        workload = Workload(dns, auth, {size: MessageTemplate.build(size) for size in sizes},
+                            {size: auth.template(size) for size in sizes})
+        for template in workload.signed.values():
+            await asyncio.to_thread(verify_against_stub, auth, template, dns.address)
+    except (AuthSetupError, OSError, ValueError) as exc:
+        dns.stop()
+        raise BenchError(f"checks set-up: {exc}") from None
+    except BaseException:
+        dns.stop()
+        raise
+    progress(f"signed {len(sizes)} message(s) as {auth.sender} (s={auth.selector}, RSA-2048); "
+             f"DKIM verifies through the DNS stub at {workload.dns_server}")
+    return workload
 
 
 # --------------------------------------------------------------------------- targets
@@ -194,12 +232,21 @@ class Target:
     """
 
     name = "target"
+    signed = False
+    """Whether this target is sent the DKIM-signed mail from the authenticated domain."""
 
     def __init__(self) -> None:
         self.address: Address = (LOOPBACK, 0)
 
+    def unavailable(self) -> str:
+        """Non-empty when this target cannot run here (it is then reported as skipped, not failed)."""
+        return ""
+
     async def start(self) -> None:
         """Bring the server up (no-op for an external server)."""
+
+    async def after_load(self, row: Row) -> None:
+        """Hook run after the measurement, before ``stop()``: collect server-side figures into ``row``."""
 
     def stop(self) -> None:
         """Tear the server down and remove anything it left behind."""
@@ -212,10 +259,11 @@ class Target:
 class ExternalTarget(Target):
     """A server someone else runs; we only check that it answers."""
 
-    def __init__(self, address: Address, name: str = "external") -> None:
+    def __init__(self, address: Address, name: str = "external", signed: bool = False) -> None:
         super().__init__()
         self.address = address
         self.name = name
+        self.signed = signed
 
     async def start(self) -> None:
         """Verify the server greets with 220 (it is already running, so do not wait long)."""
@@ -240,7 +288,7 @@ class SubprocessTarget(Target):
 
     async def start(self) -> None:
         """Create the temp dir, spawn the process, and wait for its 220 banner."""
-        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"smtpbench-{self.name}-"))
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"smtpbench-{self.name.replace('+', '-')}-"))
         self.address = (LOOPBACK, free_port())
         await self.prepare()
         self.log = open(self.tmpdir / "server.log", "wb")  # noqa: SIM115 -- closed in stop()
@@ -320,6 +368,7 @@ max_connections_per_ip = 1000
 [checks]
 dns_servers = ["{dns}"]
 dns_timeout = 2.0
+dmarc = "enforce"
 
 [rules]
 url = "sqlite://rules.db"
@@ -333,152 +382,179 @@ listen = "{metrics}"
 
 
 class GatewayTarget(SubprocessTarget):
-    """``python -m sesmail_gateway serve`` with a fresh data dir and a loopback DNS stub."""
+    """``python -m sesmail_gateway serve`` with a fresh data dir, resolving through the run's DNS stub.
 
-    name = "gateway"
+    After the measurement it scrapes its own ``/metrics`` for the auth
+    verdicts; with ``signed=True`` every accepted message must have passed
+    DKIM, SPF and DMARC, or the row fails.
+    """
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, dns_server: str, workers: int = 0, signed: bool = False) -> None:
         super().__init__()
-        self.dns = DnsStub()
+        self.name = "gateway+checks" if signed else "gateway"
+        self.signed = signed
+        self.dns_server = dns_server
         self.workers = workers
         self.config_path: Path | None = None
+        self.metrics_address: Address = (LOOPBACK, 0)
 
     async def prepare(self) -> None:
-        """Start the DNS stub and write the TOML config into the temp dir."""
+        """Write the TOML config into the temp dir."""
         assert self.tmpdir is not None
-        dns = await self.dns.start()
         data_dir = self.tmpdir / "data"
         data_dir.mkdir()
+        self.metrics_address = (LOOPBACK, free_port())
         self.config_path = self.tmpdir / "gateway.toml"
         self.config_path.write_text(GATEWAY_CONFIG.format(
-            data_dir=data_dir, smtp=f"{LOOPBACK}:{self.address[1]}", dns=dns,
-            metrics=f"{LOOPBACK}:{free_port()}", workers=self.workers,
+            data_dir=data_dir, smtp=f"{LOOPBACK}:{self.address[1]}", dns=self.dns_server,
+            metrics=f"{LOOPBACK}:{self.metrics_address[1]}", workers=self.workers,
         ))
 
     def command(self) -> list[str]:
         """Run the gateway's ``serve`` subcommand."""
         return [sys.executable, "-m", "sesmail_gateway", "serve", "--config", str(self.config_path)]
 
+    async def after_load(self, row: Row) -> None:
+        """Record the auth verdicts; for signed mail, fail the row unless all three checks passed every time."""
+        expected = row.total_accepted
+        try:
+            row.auth = await settled_auth_counts(self.metrics_address, expected)
+        except OSError as exc:
+            row.failure = f"could not scrape /metrics for the auth verdicts: {exc}"
+            return
+        if self.signed and (short := missing_passes(row.auth, expected)):
+            row.failure = f"checks did not pass for every accepted message: {short}"
+
+
+# --------------------------------------------------------------------------- gateway /metrics
+
+
+_AUTH_SAMPLE = re.compile(r"^sesmail_auth_results_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_auth_results(text: str) -> AuthCounts:
+    """Extract ``sesmail_auth_results_total{method=..,result=..}`` samples from Prometheus text."""
+    counts: AuthCounts = {}
+    for match in _AUTH_SAMPLE.finditer(text):
+        labels = dict(_LABEL.findall(match["labels"]))
+        if "method" in labels and "result" in labels:
+            counts.setdefault(labels["method"], {})[labels["result"]] = int(float(match["value"]))
+    return counts
+
+
+def fetch_metrics(address: Address, timeout: float = 5.0) -> str:
+    """GET ``http://127.0.0.1:PORT/metrics`` (never through a proxy)."""
+    check_loopback(address[0])
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{address[0]}:{address[1]}/metrics", timeout=timeout) as response:
+        return str(response.read().decode("utf-8", "replace"))
+
+
+async def settled_auth_counts(address: Address, expected: int) -> AuthCounts:
+    """Scrape the auth verdicts until dkim, spf and dmarc each have ``expected`` verdicts (or time runs out).
+
+    Worker processes relay their counters to the main process periodically,
+    so the last few verdicts may arrive a moment after the last 250.
+    """
+    deadline = time.monotonic() + METRICS_SETTLE
+    while True:
+        counts = parse_auth_results(await asyncio.to_thread(fetch_metrics, address))
+        if all_verdicts_in(counts, expected) or time.monotonic() >= deadline:
+            return counts
+        await asyncio.sleep(0.25)
+
+
+# --------------------------------------------------------------------------- postfix
+
+
+class PostfixTarget(Target):
+    """A private Postfix instance (``postfix_peer.PostfixPeer``): smtpd -> queue -> discard, no checks."""
+
+    name = "postfix"
+    signed = True
+
+    def __init__(self, domain: str = "bench.test", in_flow_delay: str = "0s") -> None:
+        super().__init__()
+        self.domain = domain
+        self.in_flow_delay = in_flow_delay
+        self.peer: postfix_peer.PostfixPeer | None = None
+
+    def unavailable(self) -> str:
+        """Why Postfix cannot run here (not installed, not root), with the install hint."""
+        return postfix_peer.unavailable_reason()
+
+    async def start(self) -> None:
+        """Set up and start the instance (blocking for a few seconds: nothing else runs meanwhile)."""
+        self.peer = postfix_peer.PostfixPeer(free_port(), self.domain, self.in_flow_delay)
+        self.address = (LOOPBACK, self.peer.port)
+        try:
+            self.peer.start()
+        except postfix_peer.PostfixError as exc:
+            raise BenchError(f"postfix: {exc}") from None
+
     def stop(self) -> None:
-        """Stop the gateway, then the DNS stub."""
-        super().stop()
-        self.dns.stop()
+        """``postfix stop`` and remove the temp dir."""
+        if self.peer is not None:
+            self.peer.stop()
+            self.peer = None
+
+    def diagnostics(self) -> str:
+        """The tail of the instance's maillog."""
+        return self.peer.diagnostics() if self.peer is not None else ""
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Row:
-    """One line of the results table."""
+async def measure(target: Target, message: MessageSource, count: int, connections: int, warmup: int,
+                  dns: DnsStub | None = None) -> Row:
+    """Start ``target``, warm it up, measure ``count`` messages, collect its figures, stop it.
 
-    target: str
-    size: int
-    result: Result | None = None
-    failure: str = ""
-    warmup_errors: dict[str, int] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        """Machine-readable form (NaN latencies become null)."""
-        res = self.result
-        out: dict[str, Any] = {"target": self.target, "size": self.size, "failure": self.failure or None}
-        if res is not None:
-            out.update(
-                attempted=res.attempted, accepted=res.accepted, errors=dict(res.errors),
-                error_count=res.error_count, seconds=round(res.seconds, 3),
-                msg_per_s=round(res.rate, 1), p50_ms=_finite(res.percentile_ms(50)),
-                p99_ms=_finite(res.percentile_ms(99)), warmup_errors=self.warmup_errors,
-            )
-        return out
-
-
-def _finite(value: float) -> float | None:
-    """Round a latency for JSON, mapping NaN to None."""
-    return None if math.isnan(value) else round(value, 2)
-
-
-async def measure(target: Target, size: int, count: int, connections: int, warmup: int) -> Row:
-    """Start ``target``, warm it up, measure ``count`` messages of ``size`` bytes, stop it."""
-    row = Row(target.name, size)
-    message = MessageTemplate.build(size)
-    progress(f"{target.name} {size_label(size)}: starting")
+    ``dns`` is the run's DNS stub: for the gateway the row records how many
+    queries it answered during the measured phase (the cache is warm after warm-up).
+    """
+    row = Row(target.name, message.size)
+    label = f"{target.name} {size_label(message.size)}"
+    if reason := target.unavailable():
+        row.skipped = reason
+        progress(f"{label}: skipped -- {reason}")
+        return row
+    progress(f"{label}: starting")
     try:
         await target.start()
         if warmup:
-            row.warmup_errors = dict((await run_load(target.address, message, connections, warmup)).errors)
-        progress(f"{target.name} {size_label(size)}: sending {count} messages over {connections} connections")
+            warm = await run_load(target.address, message, connections, warmup)
+            row.warmup_accepted, row.warmup_errors = warm.accepted, dict(warm.errors)
+        progress(f"{label}: sending {count} messages over {connections} connections")
+        queries = dns.queries if dns else 0
         row.result = await run_load(target.address, message, connections, count)
+        if dns and isinstance(target, GatewayTarget):
+            row.dns_queries = dns.queries - queries
+        await target.after_load(row)
     except BenchError as exc:
         row.failure = str(exc)
-        if details := target.diagnostics():
-            progress(f"{target.name} log tail:\n{details}")
     finally:
+        if row.failure and (details := target.diagnostics()):
+            progress(f"{target.name} failed: {row.failure}\n{target.name} log tail:\n{details}")
         target.stop()
+    await settle_disk()
     return row
+
+
+async def settle_disk() -> None:
+    """Flush what the last target left behind (its spool, its deleted temp dir) before the next one starts.
+
+    Without this, the next target's fsyncs queue behind the previous one's
+    writeback, and a stall of a second shows up in the wrong row's p99.
+    """
+    await asyncio.to_thread(os.sync)
+    await asyncio.sleep(SETTLE_SECONDS)
 
 
 def progress(text: str) -> None:
     """Progress goes to stderr so stdout carries only the results."""
     print(f"[smtp-bench] {text}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """Render the results as an aligned text table."""
-    header = ("target", "size", "messages", "errors", "seconds", "msg/s", "p50 ms", "p99 ms")
-    lines = [header]
-    for row in rows:
-        res = row.result
-        if res is None:
-            lines.append((row.target, size_label(row.size), "-", "-", "-", "-", "-", f"FAILED: {row.failure}"))
-            continue
-        lines.append((
-            row.target, size_label(row.size), str(res.accepted), str(res.error_count), f"{res.seconds:.2f}",
-            f"{res.rate:.1f}", f"{res.percentile_ms(50):.2f}", f"{res.percentile_ms(99):.2f}",
-        ))
-    widths = [max(len(line[i]) for line in lines if not line[i].startswith("FAILED")) for i in range(len(header))]
-    out = []
-    for line in lines:
-        cells = [cell.rjust(widths[i]) if i >= 2 and not cell.startswith("FAILED") else cell.ljust(widths[i])
-                 for i, cell in enumerate(line)]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
-
-
-def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Gateway/bare ratios per size for throughput and latency percentiles."""
-    by_key = {(row.target, row.size): row.result for row in rows if row.result is not None}
-    out = []
-    for size in sorted({row.size for row in rows}):
-        gateway, bare = by_key.get(("gateway", size)), by_key.get(("bare", size))
-        if gateway is None or bare is None or not bare.accepted or not gateway.accepted:
-            continue
-        out.append({
-            "size": size,
-            "msg_per_s": round(gateway.rate / bare.rate, 3),
-            "p50": round(gateway.percentile_ms(50) / bare.percentile_ms(50), 2),
-            "p99": round(gateway.percentile_ms(99) / bare.percentile_ms(99), 2),
-        })
-    return out
-
-
-def format_report(rows: Sequence[Row], connections: int) -> str:
-    """The full human-readable report: table, ratios, and every error kind seen."""
-    parts = [f"SMTP accept benchmark -- {connections} connections, latency = MAIL FROM .. final 250", "",
-             format_table(rows)]
-    if ratio_rows := ratios(rows):
-        parts += ["", "gateway/bare:"]
-        parts += [f"  {size_label(r['size']):>8}: msg/s x{r['msg_per_s']:.3f}   p50 x{r['p50']:.2f}   "
-                  f"p99 x{r['p99']:.2f}" for r in ratio_rows]
-    errors = [(row, kind, n) for row in rows if row.result for kind, n in sorted(row.result.errors.items())]
-    warm = [(row, kind, n) for row in rows for kind, n in sorted(row.warmup_errors.items())]
-    if errors or warm:
-        parts += ["", "errors (non-250 replies and connection failures):"]
-        parts += [f"  {row.target} {size_label(row.size)}: {kind} x{n}" for row, kind, n in errors]
-        parts += [f"  {row.target} {size_label(row.size)} (warm-up): {kind} x{n}" for row, kind, n in warm]
-    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- main
@@ -489,23 +565,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--target", type=parse_address, metavar="HOST:PORT",
                         help="measure only this already-running SMTP server (loopback only)")
+    parser.add_argument("--mode", choices=sorted(MODES), default="all",
+                        help="all: bare, gateway, gateway+checks, postfix (default); basic: bare, gateway; "
+                             "checks: gateway, gateway+checks")
+    parser.add_argument("--checks", action="store_const", const="checks", dest="mode",
+                        help="same as --mode checks (with --target: send it the DKIM-signed mail)")
     parser.add_argument("--connections", type=int, default=20, help="concurrent connections (default 20)")
     parser.add_argument("--messages", type=int, metavar="N",
-                        help="messages per size (default 2000 up to 16 KiB, 500 up to 256 KiB, else 100)")
+                        help="messages per size (default 5000 up to 16 KiB, 1500 up to 256 KiB, else 100)")
     parser.add_argument("--sizes", default="4096,102400", help="comma-separated message sizes in bytes")
-    parser.add_argument("--warmup", type=int, default=50, help="warm-up messages before each measurement")
-    parser.add_argument("--timeout", type=float, default=300.0, help="global time limit in seconds")
+    parser.add_argument("--warmup", type=int, default=100,
+                        help="warm-up messages before each measurement (also warms the DNS caches)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="global time limit in seconds")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument("--postfix-in-flow-delay", default="0s", metavar="TIME", type=postfix_time,
+                        help="the Postfix peer's in_flow_delay (default 0s: full speed; 1s is Postfix's stock throttle)")
     parser.add_argument("--workers", type=int, default=0,
                         help="gateway smtp.workers (default 0: one per core, the gateway's own default)")
     return parser
 
 
-def make_targets(args: argparse.Namespace) -> list[Target]:
+def make_targets(args: argparse.Namespace, workload: Workload) -> list[Target]:
     """Fresh target objects for one message size."""
     if args.target is not None:
-        return [ExternalTarget(args.target)]
-    return [DiscardTarget(), GatewayTarget(args.workers)]
+        signed = args.mode == "checks"
+        return [ExternalTarget(args.target, "external+signed" if signed else "external", signed)]
+    factories: dict[str, Callable[[], Target]] = {
+        "bare": DiscardTarget,
+        "gateway": lambda: GatewayTarget(workload.dns_server, args.workers),
+        "gateway+checks": lambda: GatewayTarget(workload.dns_server, args.workers, signed=True),
+        "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay),
+    }
+    return [factories[name]() for name in MODES[args.mode]]
 
 
 async def run(args: argparse.Namespace, sizes: list[int]) -> list[Row]:
@@ -515,19 +606,32 @@ async def run(args: argparse.Namespace, sizes: list[int]) -> list[Row]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     rows: list[Row] = []
     async with asyncio.timeout(args.timeout):
-        for size in sizes:
-            count = args.messages or default_count(size)
-            for target in make_targets(args):
-                rows.append(await measure(target, size, count, args.connections, args.warmup))
+        workload = await prepare_workload(sizes)
+        try:
+            for size in sizes:
+                count = args.messages or default_count(size)
+                for target in make_targets(args, workload):
+                    message = workload.message(size, target.signed)
+                    rows.append(await measure(target, message, count, args.connections, args.warmup,
+                                              workload.dns))
+        finally:
+            workload.dns.stop()
     return rows
+
+
+def parse_sizes(text: str) -> list[int] | None:
+    """Parse ``--sizes``; None when it is not a list of integers."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit 0 when everything was accepted, 1 on errors, 2 on failures, 130 on interrupt."""
     args = build_parser().parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
+    sizes = parse_sizes(args.sizes)
+    if sizes is None:
         print("smtp_accept: --sizes must be comma-separated integers", file=sys.stderr)
         return 2
     if not sizes or min(sizes) < 256 or args.connections < 1 or (args.messages is not None and args.messages < 1):
@@ -538,13 +642,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError:
         print(f"smtp_accept: global timeout of {args.timeout:.0f}s reached", file=sys.stderr)
         return 2
+    except BenchError as exc:
+        print(f"smtp_accept: {exc}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("smtp_accept: interrupted", file=sys.stderr)
         return 130
-    print(format_report(rows, args.connections))
+    print(format_report(rows, args.connections, legend(args.postfix_in_flow_delay)))
     if args.json:
-        print(json.dumps({"connections": args.connections, "results": [r.as_json() for r in rows],
-                          "ratios": ratios(rows)}, indent=2))
+        print(json.dumps({"connections": args.connections, "mode": args.mode,
+                          "results": [r.as_json() for r in rows], "ratios": ratios(rows)}, indent=2))
     if any(row.failure for row in rows):
         return 2
     return 1 if any(row.result and row.result.error_count for row in rows) else 0

@@ -1,0 +1,197 @@
+"""Results of the accept benchmark: rows, the text table, ratios, auth verdicts, and JSON."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from _smtpload import Result
+
+AUTH_METHODS = ("dkim", "spf", "dmarc")
+"""The verdicts the checks mode must see pass (ARC is reported when present)."""
+
+RATIO_PAIRS = (
+    ("checks cost", "gateway+checks", "gateway"),
+    ("checks vs postfix", "gateway+checks", "postfix"),
+    ("gateway vs bare", "gateway", "bare"),
+)
+"""(title, numerator target, denominator target) -- printed when both rows exist."""
+
+AuthCounts = dict[str, dict[str, int]]
+"""method -> result -> count, as scraped from ``sesmail_auth_results_total``."""
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    target: str
+    size: int
+    result: Result | None = None
+    failure: str = ""
+    skipped: str = ""
+    warmup_accepted: int = 0
+    warmup_errors: dict[str, int] = field(default_factory=dict)
+    auth: AuthCounts | None = None
+    """Authentication verdicts the gateway recorded (warm-up included); None for other targets."""
+    dns_queries: int | None = None
+    """Queries the DNS stub answered during the measured phase (warm cache: few); None if not tracked."""
+
+    @property
+    def total_accepted(self) -> int:
+        """Messages the server accepted in warm-up and measurement together."""
+        return self.warmup_accepted + (self.result.accepted if self.result else 0)
+
+    def as_json(self) -> dict[str, Any]:
+        """Machine-readable form (NaN latencies become null)."""
+        res = self.result
+        out: dict[str, Any] = {"target": self.target, "size": self.size, "failure": self.failure or None,
+                               "skipped": self.skipped or None}
+        if res is not None:
+            out.update(
+                attempted=res.attempted, accepted=res.accepted, errors=dict(res.errors),
+                error_count=res.error_count, seconds=round(res.seconds, 3),
+                msg_per_s=round(res.rate, 1), p50_ms=_finite(res.percentile_ms(50)),
+                p99_ms=_finite(res.percentile_ms(99)), warmup_accepted=self.warmup_accepted,
+                warmup_errors=self.warmup_errors,
+            )
+        if self.auth is not None:
+            out["auth_results"] = self.auth
+        if self.dns_queries is not None:
+            out["dns_queries"] = self.dns_queries
+        return out
+
+
+def _finite(value: float) -> float | None:
+    """Round a latency for JSON, mapping NaN to None."""
+    return None if math.isnan(value) else round(value, 2)
+
+
+def size_label(size: int) -> str:
+    """Render a byte count the way people read it: ``4 KiB``, ``100 KiB``, ``1.5 MiB``."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    """The table cells of one row (the last cell carries FAILED/skipped text when there is no result)."""
+    res = row.result
+    if res is None:
+        note = "skipped (see below)" if row.skipped else f"FAILED: {row.failure}"
+        return (row.target, size_label(row.size), "-", "-", "-", "-", "-", note)
+    last = f"{res.percentile_ms(99):.2f}" + (f"  FAILED: {row.failure}" if row.failure else "")
+    return (row.target, size_label(row.size), str(res.accepted), str(res.error_count), f"{res.seconds:.2f}",
+            f"{res.rate:.1f}", f"{res.percentile_ms(50):.2f}", last)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Render the results as an aligned text table."""
+    header = ("target", "size", "messages", "errors", "seconds", "msg/s", "p50 ms", "p99 ms")
+    lines = [header, *(_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines if "FAILED" not in line[i] and "skipped" not in line[i])
+              for i in range(len(header))]
+    out = []
+    for line in lines:
+        cells = [cell.ljust(widths[i]) if i < 2 or "FAILED" in cell or "skipped" in cell else cell.rjust(widths[i])
+                 for i, cell in enumerate(line)]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Throughput and latency ratios for every :data:`RATIO_PAIRS` pair measured at the same size."""
+    by_key = {(row.target, row.size): row.result for row in rows if row.result is not None and not row.failure}
+    out = []
+    for title, top, bottom in RATIO_PAIRS:
+        for size in sorted({row.size for row in rows}):
+            num, den = by_key.get((top, size)), by_key.get((bottom, size))
+            if num is None or den is None or not num.accepted or not den.accepted:
+                continue
+            out.append({
+                "name": title, "numerator": top, "denominator": bottom, "size": size,
+                "msg_per_s": round(num.rate / den.rate, 3),
+                "p50": round(num.percentile_ms(50) / den.percentile_ms(50), 2),
+                "p99": round(num.percentile_ms(99) / den.percentile_ms(99), 2),
+            })
+    return out
+
+
+def format_ratios(ratio_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Ratio lines, grouped by pair; the checks cost also as a percentage of the gateway's own rate."""
+    lines: list[str] = []
+    current = ""
+    for r in ratio_rows:
+        if r["name"] != current:
+            current = r["name"]
+            lines.append(f"{current} ({r['numerator']} / {r['denominator']}):")
+        extra = ""
+        if r["name"] == "checks cost":
+            extra = f"   (checks cost {max(0.0, 1 - r['msg_per_s']) * 100:.0f} % of the rate)"
+        lines.append(f"  {size_label(r['size']):>8}: msg/s x{r['msg_per_s']:.3f}   p50 x{r['p50']:.2f}   "
+                     f"p99 x{r['p99']:.2f}{extra}")
+    return lines
+
+
+# --------------------------------------------------------------------------- auth verdicts
+
+
+def auth_summary(row: Row) -> str:
+    """One line: how many messages got each verdict, pass counts first."""
+    assert row.auth is not None
+    parts = []
+    for method in (*AUTH_METHODS, *sorted(set(row.auth) - set(AUTH_METHODS))):
+        results = row.auth.get(method, {})
+        ordered = sorted(results.items(), key=lambda item: (item[0] != "pass", item[0]))
+        parts.append(", ".join(f"{method}={result} {count}" for result, count in ordered) or f"{method}: -")
+    dns = "" if row.dns_queries is None else f"; {row.dns_queries} DNS queries while measuring"
+    return f"{row.target} {size_label(row.size)}: {row.total_accepted} accepted; " + "; ".join(parts) + dns
+
+
+def all_verdicts_in(auth: AuthCounts, expected: int) -> bool:
+    """True when dkim, spf and dmarc each have at least ``expected`` verdicts of any result."""
+    return all(sum(auth.get(method, {}).values()) >= expected for method in AUTH_METHODS)
+
+
+def missing_passes(auth: AuthCounts, expected: int) -> str:
+    """Empty if dkim, spf and dmarc each passed at least ``expected`` times; else what fell short."""
+    short = [f"{method}=pass {auth.get(method, {}).get('pass', 0)}/{expected}" for method in AUTH_METHODS
+             if auth.get(method, {}).get("pass", 0) < expected]
+    return ", ".join(short)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_report(rows: Sequence[Row], connections: int, legend: Mapping[str, str]) -> str:
+    """The full human-readable report: legend, table, ratios, auth verdicts, and every error kind seen."""
+    parts = [f"SMTP accept benchmark -- {connections} connections, latency = MAIL FROM .. final 250", ""]
+    present = list(dict.fromkeys(row.target for row in rows))
+    parts += [f"  {name:<15} {legend.get(name, '')}".rstrip() for name in present]
+    parts += ["", format_table(rows)]
+    if ratio_rows := ratios(rows):
+        parts += ["", *format_ratios(ratio_rows)]
+    if auth_rows := [row for row in rows if row.auth is not None]:
+        parts += ["", "authentication verdicts from the gateway's /metrics (sesmail_auth_results_total, "
+                      "warm-up included):"]
+        parts += [f"  {auth_summary(row)}" for row in auth_rows]
+    skipped = list(dict.fromkeys(f"{row.target} skipped: {row.skipped}" for row in rows if row.skipped))
+    if skipped:
+        parts += ["", *skipped]
+    errors = [(row, kind, n) for row in rows if row.result for kind, n in sorted(row.result.errors.items())]
+    warm = [(row, kind, n) for row in rows for kind, n in sorted(row.warmup_errors.items())]
+    if errors or warm:
+        parts += ["", "errors (non-250 replies and connection failures):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {kind} x{n}" for row, kind, n in errors]
+        parts += [f"  {row.target} {size_label(row.size)} (warm-up): {kind} x{n}" for row, kind, n in warm]
+    return "\n".join(parts)
