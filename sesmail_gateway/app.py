@@ -82,7 +82,7 @@ class Gateway:
         self.config = config
         ensure_dir(config.data_dir)
         self.metrics = Metrics()
-        self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit)
+        self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit, sweeper=True)
         self.metrics.track_queue(self.spool.counts)
         self.store = open_route_store(config)
         seed_default_route(self.store, config)

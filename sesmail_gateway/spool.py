@@ -119,6 +119,7 @@ class Spool:
         *,
         on_commit: Callable[[float, int], None] | None = None,
         on_ready: Callable[[str], None] | None = None,
+        sweeper: bool = False,
     ) -> None:
         self.root = root
         for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES):
@@ -127,6 +128,7 @@ class Spool:
         self.journaled = self.fs.available
         self._on_commit = on_commit
         self.on_ready = on_ready  # told each queue id whose folder is written (the runner's doorbell)
+        self.sweeper = sweeper  # one process (the runner's) clears done/; SMTP workers leave it alone
         self._accepts: GroupCommit[_Accept] = GroupCommit(self._commit_accepts)
         self._syncs: GroupCommit[None] = GroupCommit(self._commit_sync)
         self._writes: GroupCommit[_Accept] = GroupCommit(self._write_folders)
@@ -275,7 +277,8 @@ class Spool:
             self._closed = [j for j in self._closed if j not in retiring]
         for item in finished:
             self._tombstone(item)
-        self._sweep_done()
+        if self.sweeper:
+            self._sweep_done()
 
     async def close(self) -> None:
         """At shutdown: finish writing folders, then a last checkpoint."""

@@ -87,7 +87,7 @@ async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
+    return Spool(tmp_path / "spool", sweeper=True)
 
 
 async def started(spool: Spool, tmp_path: Path, target: ScriptedTarget, *, archive: FolderArchiver | None = None,

@@ -179,3 +179,31 @@ async def test_a_live_journal_is_not_replayed_by_another_process(tmp_path: Path)
     assert Spool(tmp_path).replay_orphaned_journals() == 0  # the owner still holds its lock
     crash(owner)
     assert Spool(tmp_path).replay_orphaned_journals() == 1
+
+
+async def test_finished_messages_are_tombstoned_then_swept_once_no_journal_can_bring_them_back(
+    tmp_path: Path,
+) -> None:
+    other = Spool(tmp_path)  # an SMTP worker: journals, never sweeps
+    runner_side = Spool(tmp_path, sweeper=True)
+    older, finished = item(), item()
+    await other.enqueue(older, b"x\r\n")  # other's journal now holds a record, older than what follows
+    await runner_side.enqueue(finished, b"y\r\n")
+    await asyncio.gather(*runner_side._writing, *other._writing)
+    runner_side.finish(runner_side.claim(INCOMING, finished.id))
+
+    runner_side.checkpoint()
+    assert (tmp_path / "done" / finished.id).exists()  # another process's older journal still lives
+    await other.close()  # its journal is retired
+    runner_side.checkpoint()
+    assert not (tmp_path / "done" / finished.id).exists()
+    assert list((tmp_path / "journal").iterdir()) == []
+
+
+async def test_smtp_workers_never_sweep(tmp_path: Path) -> None:
+    worker = Spool(tmp_path)
+    (tmp_path / "done" / "OLD").mkdir()
+    worker.checkpoint()
+    assert (tmp_path / "done" / "OLD").exists()
+    Spool(tmp_path, sweeper=True).checkpoint()
+    assert not (tmp_path / "done" / "OLD").exists()
