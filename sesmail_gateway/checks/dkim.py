@@ -22,6 +22,7 @@ dkimpy's log messages. ed25519-sha256 needs PyNaCl (RFC 8463).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import dkim
@@ -49,6 +50,34 @@ def _str2int(data: bytes) -> int:
 # turn, a third of a 4 KiB message's whole check time; these are the same functions in C.
 dkim.crypto.int2str = _int2str
 dkim.crypto.str2int = _str2int
+
+_ORIGINAL_RFC822_PARSE = dkim.rfc822_parse
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's ``rfc822_parse`` without splitting the body into lines.
+
+    dkimpy splits the whole message at every line end to find the blank line
+    and then joins the body back with CRLF: half the check time of a 100 KiB
+    message. Here only the header block is handed to dkimpy's own parser;
+    the body is kept as it is when its line ends are already CRLF (as SMTP
+    delivers them), and normalised the same way otherwise.
+    """
+    if message.startswith((b"\n", b"\r\n")):
+        return _ORIGINAL_RFC822_PARSE(message)  # type: ignore[no-any-return]
+    ends = [i for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
+    if not ends:
+        return _ORIGINAL_RFC822_PARSE(message)  # type: ignore[no-any-return]
+    blank = min(ends) + 1  # where the empty line starts
+    headers, _ = _ORIGINAL_RFC822_PARSE(message[:blank])
+    body = message[blank + (1 if message[blank:blank + 1] == b"\n" else 2):]
+    if body.count(b"\n") != body.count(b"\r\n"):
+        body = _LINE_END.sub(b"\r\n", body)
+    return headers, body
+
+
+dkim.rfc822_parse = _rfc822_parse
 
 __all__ = ["ArcResult", "DkimResult", "check_arc", "check_dkim"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import dkim
 import dkim.crypto
 
 from sesmail_gateway.checks import dkim as gateway_dkim
@@ -34,3 +35,24 @@ def test_conversions_match_dkimpy_and_are_installed() -> None:
     assert gateway_dkim._int2str(0) == reference_int2str(0) == bytearray(b"\x00")
     assert dkim.crypto.int2str is gateway_dkim._int2str
     assert dkim.crypto.str2int is gateway_dkim._str2int
+
+
+def test_message_parsing_matches_dkimpy_on_any_mix_of_line_ends() -> None:
+    original = gateway_dkim._ORIGINAL_RFC822_PARSE
+    rng = random.Random(3)
+    parts = [b"Subject: x", b"From: a@b", b"\tcontinued", b" folded", b"X-A: 1", b"", b"body line", b".",
+             b"\r", b"x\ry", b"From mbox", b"bad header line"]
+    for _ in range(20000):
+        message = b"".join(rng.choice(parts) + rng.choice([b"\r\n", b"\n"]) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.3:
+            message = message.rstrip(b"\r\n")
+        try:
+            expected: object = original(message)
+        except Exception as exc:  # dkimpy refuses some header blocks; so must we, the same way
+            expected = type(exc)
+        try:
+            got: object = gateway_dkim._rfc822_parse(message)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected, message
+    assert dkim.rfc822_parse is gateway_dkim._rfc822_parse
