@@ -21,7 +21,7 @@ from sesmail_gateway.message import REJECTED, Client, QueueItem, RecipientRoute,
 from sesmail_gateway.metrics import SessionMetrics
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.routes import RouteStoreError
-from sesmail_gateway.routes.resolver import RouteResolver
+from sesmail_gateway.routes.resolver import RouteResolver, rcpt_verdict
 from sesmail_gateway.spool import Spool, new_queue_id
 
 log = logging.getLogger(__name__)
@@ -172,16 +172,14 @@ class GatewayHandler:
         except RouteStoreError as exc:
             log.error("routes: lookup for %s failed: %s", address, exc)
             return replies.RULES_UNAVAILABLE, None
-        rule = match.rule
-        if rule is None:
-            return replies.NO_SUCH_USER, None
-        if rule.unknown_actions:
-            log.error("routes: rule %s has unknown action(s) %s", rule.pattern, ", ".join(rule.unknown_actions))
-            return replies.RULES_UNAVAILABLE, None
-        if self.config.bounce.mode == "reject" and any(a.type == "bounce" for a in rule.actions):
-            return replies.NO_SUCH_USER, None
-        actions = [{"type": a.type, "target": a.target} for a in rule.actions]
-        return replies.RECIPIENT_OK, RecipientRoute(address, rule.pattern, match.level or "", actions)
+        # The same verdict `routes test` prints, so the two can never disagree.
+        reply, why = rcpt_verdict(match, bounce_mode=self.config.bounce.mode)
+        if match.rule is None or reply != replies.RECIPIENT_OK:
+            if reply == replies.RULES_UNAVAILABLE:
+                log.error("routes: %s: %s", address, why)
+            return reply, None
+        actions = [{"type": a.type, "target": a.target} for a in match.rule.actions]
+        return reply, RecipientRoute(address, match.rule.pattern, match.level or "", actions)
 
     def _new_item(self, server: Any, session: Any, envelope: Any) -> QueueItem:
         peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
