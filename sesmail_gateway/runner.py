@@ -212,24 +212,10 @@ class Runner:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _process(self, state: str, queue_id: str) -> None:
-        try:
-            item = await self._run(self.spool.claim, state, queue_id)
-        except SpoolError:
-            return  # moved or deleted meanwhile (queue retry/delete, another runner)
-        path = self.spool.message_path(item)
-        message = StoredMessage(await self._run(path.read_bytes), path)
-        if not item.archived and not await self._archive(item, message):
-            return
-        for delivery in item.pending():
-            if await self._deliver(item, delivery, message) and item.pending():
-                # Record each success at once, so a restart never delivers it again;
-                # first make what was written (archive, Maildir) durable.
-                await self.spool.sync()
-                await self._run(self.spool.save, item)
-        if item.pending() or item.failed():
-            await self.spool.sync()  # the record saved next must not outrun the files it describes
-        await self._run(self._settle, item)
-        self._schedule(item)
+        # One thread hand-off per message: every step below blocks (files, SDK calls).
+        item = await self._run(self._process_blocking, state, queue_id)
+        if item is not None:
+            self._schedule(item)
 
     def _schedule(self, item: QueueItem) -> None:
         """Arm the timer for a deferred message (on the loop: the heap and event are not thread-safe)."""
@@ -237,26 +223,46 @@ class Runner:
             heapq.heappush(self._timers, (item.next_attempt, item.id))
             self._wake.set()
 
-    async def _archive(self, item: QueueItem, message: StoredMessage) -> bool:
+    def _process_blocking(self, state: str, queue_id: str) -> QueueItem | None:
+        """Claim → archive → deliver each pending group → settle. Runs in the delivery pool."""
         try:
-            item.archived = await self._run(self.archiver.archive, item, message)
+            item = self.spool.claim(state, queue_id)
+        except SpoolError:
+            return None  # moved or deleted meanwhile (queue retry/delete, another runner)
+        path = self.spool.message_path(item)
+        message = StoredMessage(path.read_bytes(), path)
+        if not item.archived and not self._archive(item, message):
+            return item
+        for delivery in item.pending():
+            if self._deliver(item, delivery, message) and item.pending():
+                # Record each success at once, so a restart never delivers it again;
+                # first make what was written (archive, Maildir) durable.
+                self.spool.sync_now()
+                self.spool.save(item)
+        if item.pending() or item.failed():
+            self.spool.sync_now()  # the record saved next must not outrun the files it describes
+        self._settle(item)
+        return item
+
+    def _archive(self, item: QueueItem, message: StoredMessage) -> bool:
+        try:
+            item.archived = self.archiver.archive(item, message)
         except Exception as exc:
             error = classify(exc)
             log.error("archive: %s failed: %s", item.id, error)
             self.metrics.deliveries.labels(action="archive", outcome="deferred").inc()
-            await self._run(self._defer, item, f"archive failed: {error}", error.retry_after)
-            self._schedule(item)
+            self._defer(item, f"archive failed: {error}", error.retry_after)
             return False
         maillog.event("archived", item.id, location=item.archived)
         return True
 
-    async def _deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> bool:
+    def _deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> bool:
         """One attempt; the outcome is recorded on ``delivery``. True when delivered."""
         deliverer = self.deliverers.get(delivery.action)
         try:
             if deliverer is None:
                 raise TemporaryFailure(f"no deliverer for action {delivery.action!r}")
-            await self._run(deliverer.deliver, item, delivery, message)
+            deliverer.deliver(item, delivery, message)
         except Exception as exc:
             self._record_failure(item, delivery, classify(exc))
             return False

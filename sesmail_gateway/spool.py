@@ -61,6 +61,7 @@ TMP = "tmp"
 DONE = "done"
 CORRUPT = "corrupt"
 JOURNAL = "journal"
+CLOCK_MARGIN_NS = 1_000_000_000
 
 
 class SpoolError(Exception):
@@ -130,7 +131,6 @@ class Spool:
         self.on_ready = on_ready  # told each queue id whose folder is written (the runner's doorbell)
         self.sweeper = sweeper  # one process (the runner's) clears done/; SMTP workers leave it alone
         self._accepts: GroupCommit[_Accept] = GroupCommit(self._commit_accepts)
-        self._syncs: GroupCommit[None] = GroupCommit(self._commit_sync)
         self._writes: GroupCommit[_Accept] = GroupCommit(self._write_folders)
         self._room: asyncio.Semaphore | None = None
         self._writing: set[asyncio.Task[None]] = set()
@@ -243,14 +243,14 @@ class Spool:
 
     # -- durability of what the runner writes --------------------------------
 
-    async def sync(self) -> None:
-        """Make every file written so far (spool, archive, Maildir) durable, sharing one flush."""
-        if self.journaled:
-            await self._syncs.commit(None)
+    def sync_now(self) -> None:
+        """Make every file written so far (spool, archive, Maildir) durable. Blocks.
 
-    def _commit_sync(self, jobs: list[None]) -> list[BaseException | None]:
-        self.fs.sync()
-        return [None] * len(jobs)
+        The runner calls it only before saving a partial result (rare); the
+        common case, a delivered message, waits for the next checkpoint.
+        """
+        if self.journaled:
+            self.fs.sync()
 
     def finish(self, item: QueueItem) -> None:
         """The message is delivered: forget it once what was written for it is durable."""
@@ -307,7 +307,8 @@ class Spool:
                     live.append(journal.created_ns(path))
             except FileNotFoundError:
                 continue  # retired by its owner meanwhile
-        horizon = min(live) if live else time.time_ns()
+        # ctime comes from the kernel's coarse clock (a few ms behind time_ns): keep a margin.
+        horizon = (min(live) if live else time.time_ns()) - CLOCK_MARGIN_NS
         for entry in os.scandir(self.root / DONE):
             try:
                 retired_at = entry.stat().st_ctime_ns

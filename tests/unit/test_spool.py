@@ -6,12 +6,14 @@ import asyncio
 import json
 import os
 import shutil
+import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from sesmail_gateway.message import ACTIVE, DEFERRED, INCOMING, QueueItem, RecipientRoute
-from sesmail_gateway.spool import Spool, SpoolError, new_queue_id
+from sesmail_gateway.spool import CLOCK_MARGIN_NS, Spool, SpoolError, new_queue_id
 
 
 def item(queue_id: str | None = None) -> QueueItem:
@@ -196,6 +198,10 @@ async def test_finished_messages_are_tombstoned_then_swept_once_no_journal_can_b
     assert (tmp_path / "done" / finished.id).exists()  # another process's older journal still lives
     await other.close()  # its journal is retired
     runner_side.checkpoint()
+    assert (tmp_path / "done" / finished.id).exists()  # retired less than the clock margin ago
+    later = time.time_ns() + 2 * CLOCK_MARGIN_NS
+    with mock.patch("time.time_ns", return_value=later):  # not a mock of the system under test: the clock
+        runner_side.checkpoint()
     assert not (tmp_path / "done" / finished.id).exists()
     assert list((tmp_path / "journal").iterdir()) == []
 
@@ -205,5 +211,6 @@ async def test_smtp_workers_never_sweep(tmp_path: Path) -> None:
     (tmp_path / "done" / "OLD").mkdir()
     worker.checkpoint()
     assert (tmp_path / "done" / "OLD").exists()
-    Spool(tmp_path, sweeper=True).checkpoint()
+    with mock.patch("time.time_ns", return_value=time.time_ns() + 2 * CLOCK_MARGIN_NS):
+        Spool(tmp_path, sweeper=True).checkpoint()
     assert not (tmp_path / "done" / "OLD").exists()
