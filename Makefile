@@ -1,30 +1,38 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= config/local.toml
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-run: $(STAMP)
+# `make run` needs only the package; `make test` adds the test tools (moto, dnslib, ruff, mypy, ...).
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(RUN_STAMP) $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(VENV)/bin/sesmail-gateway serve --config $(CONFIG)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check sesmail_gateway tests benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy sesmail_gateway
 
-test: $(STAMP) lint typecheck
+test: $(TEST_STAMP) lint typecheck
 	$(PY) -m pytest -q -ra
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) benchmarks/smtp_accept.py
 
 clean:
