@@ -17,9 +17,6 @@ class Reply:
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
 
-    def with_text(self, text: str) -> Reply:
-        return Reply(self.code, self.enhanced, text)
-
     @property
     def is_temporary(self) -> bool:
         return 400 <= self.code < 500
@@ -41,7 +38,6 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 SPOOL_ERROR = Reply(451, "4.3.0", "Could not queue the message, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
-LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 BAD_ADDRESS = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")

@@ -140,10 +140,6 @@ class Runner:
             released += 1
         return released
 
-    @property
-    def idle(self) -> bool:
-        return self._busy == 0 and self._queue.empty()
-
     # -- feeding -----------------------------------------------------------
 
     def _submit(self, state: str, queue_id: str) -> None:

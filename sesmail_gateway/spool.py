@@ -147,9 +147,6 @@ class Spool:
     def message_path(self, item: QueueItem) -> Path:
         return self.folder(item) / MESSAGE
 
-    def read_message(self, item: QueueItem) -> bytes:
-        return self.message_path(item).read_bytes()
-
     # -- acceptance --------------------------------------------------------
 
     async def enqueue(self, item: QueueItem, *chunks: bytes) -> None:

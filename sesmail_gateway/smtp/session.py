@@ -26,7 +26,6 @@ from sesmail_gateway.smtp.limits import Limits
 log = logging.getLogger(__name__)
 
 _SIZE_PARAM = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
-JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "HELP")
 
 
 class _CommandTable(dict[str, Any]):
