@@ -267,7 +267,8 @@ class Spool:
                 self._closed.append(self._journal)
                 self._journal = None
             retiring = [j for j in self._closed if j.pending == 0]
-        self.fs.sync()
+        if finished or retiring:  # an idle process does not flush the filesystem every second
+            self.fs.sync()
         for old in retiring:
             old.discard()
         with self._lock:
