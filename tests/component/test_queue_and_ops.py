@@ -156,3 +156,28 @@ def test_08_a_spool_that_cannot_be_written_answers_451_and_recovers(gateway: Gat
     send(gateway, subject="after")
     delivered = gateway.wait_delivered(2)
     assert not any(b"Subject: lost?" in raw for raw in delivered)
+
+
+def test_09_store_only_routes_are_archived_and_not_delivered(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway(start=False)
+    gateway.cli("routes", "add", "*", "--action", "store", "--description", "archive only")
+    gateway.start()
+    queue_id = send(gateway)
+    wait_for(lambda: [e for e in gateway.events("archived") if e["queue_id"] == queue_id])
+    wait_for(lambda: not queue_json(gateway))
+    assert list((gateway.data_dir / "archive").rglob(f"{queue_id}.eml"))
+    assert gateway.delivered() == [] and gateway.events("delivered") == []
+
+
+def test_10_bounce_rules_in_dsn_mode_accept_then_dead_letter_with_the_reason(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway({"bounce": {"mode": "dsn"}}, start=False)
+    gateway.cli("routes", "add", "gone@example.test", "--action", "bounce")
+    gateway.cli("routes", "add", "*", "--action", "maildir", "--target", "mail")
+    gateway.start()
+    queue_id = send(gateway, rcpt="gone@example.test")  # accepted: no 550 at RCPT in dsn mode
+    wait_for(lambda: queue_json(gateway, "--state", "dead"))
+    [dead] = queue_json(gateway, "--state", "dead")
+    assert dead["id"] == queue_id and "refused by routing rule" in str(dead["reason"])
+    assert gateway.delivered() == []
