@@ -42,6 +42,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 
 from sesmail_gateway.config import parse_hostport
 
@@ -107,6 +108,27 @@ def _record(rdtype: str, rdata: object) -> str | bytes:
     if rdtype in _NAME_TYPES:
         return _strip_dot(rdata.target.to_text())  # type: ignore[attr-defined]
     return str(rdata.to_text())  # type: ignore[attr-defined]
+
+
+def confirmed_reverse_name(resolver: Resolver, ip: str) -> str:
+    """The client's forward-confirmed reverse DNS name (FCrDNS), or "" when there is none.
+
+    A PTR name counts only when it resolves back to ``ip``: anyone can publish
+    any PTR for their own addresses. Used for the Received header.
+    """
+    try:
+        pointer = dns.reversename.from_address(ip).to_text()
+    except (ValueError, dns.exception.SyntaxError):
+        return ""
+    answer = resolver.query(pointer, "PTR")
+    if answer.status is not DnsStatus.OK:
+        return ""
+    rdtype = "AAAA" if ":" in ip else "A"
+    for name in answer.texts[:3]:
+        forward = resolver.query(name, rdtype)
+        if forward.status is DnsStatus.OK and ip in forward.texts:
+            return name
+    return ""
 
 
 class _Cache:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sesmail_gateway.checks import evaluate
 from sesmail_gateway.checks.dkim import ArcResult, DkimResult
 from sesmail_gateway.checks.dmarc import DmarcResult
-from sesmail_gateway.checks.dns import Resolver
+from sesmail_gateway.checks.dns import Resolver, confirmed_reverse_name
 from sesmail_gateway.checks.policy import (
     Decision,
     authentication_results,
@@ -37,6 +37,7 @@ class Inspection:
     decision: Decision
     header: bytes  # the Authentication-Results field, CRLF-terminated
     content: bytes  # the message with forged Authentication-Results (ours) removed
+    reverse_name: str = ""  # the client's forward-confirmed reverse DNS name, "" if none
 
 
 def timed_out(mail_from: str | None, spf: SpfResult | None) -> Verdicts:
@@ -71,17 +72,19 @@ class Inspector:
         loop = asyncio.get_running_loop()
         cleaned = strip_forged_authentication_results(content, self.hostname)
 
-        def run() -> Verdicts:
-            return evaluate(cleaned, ip=ip, helo=helo, mail_from=mail_from or None, resolver=self.resolver, spf=spf)
+        def run() -> tuple[Verdicts, str]:
+            verdicts = evaluate(cleaned, ip=ip, helo=helo, mail_from=mail_from or None, resolver=self.resolver,
+                                spf=spf)
+            return verdicts, confirmed_reverse_name(self.resolver, ip)
 
         try:
-            verdicts = await asyncio.wait_for(loop.run_in_executor(self._pool, run), self.timeout)
+            verdicts, reverse = await asyncio.wait_for(loop.run_in_executor(self._pool, run), self.timeout)
         except TimeoutError:
             log.warning("checks: timed out after %.0fs for sender %r from %s", self.timeout, mail_from, ip)
-            verdicts = timed_out(mail_from, spf)
+            verdicts, reverse = timed_out(mail_from, spf), ""
         decision = decide(verdicts, dmarc_mode=self.config.dmarc, spf_fail=self.config.spf_fail)
         header = (authentication_results(self.hostname, verdicts) + "\r\n").encode("ascii")
-        return Inspection(verdicts, decision, header, cleaned)
+        return Inspection(verdicts, decision, header, cleaned, reverse)
 
     def invalidate(self) -> None:
         """SIGHUP: forget cached DNS answers."""

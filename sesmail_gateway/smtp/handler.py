@@ -115,6 +115,7 @@ class GatewayHandler:
             envelope.content, ip=item.client.ip, helo=item.client.helo, mail_from=item.sender,
             spf=await envelope.spf if getattr(envelope, "spf", None) else None)
         item.size = len(inspection.content)
+        item.client.reverse_name = inspection.reverse_name
         item.verdicts = inspection.verdicts.to_dict()
         item.quarantine = inspection.decision.action == "quarantine"
         for method, result in inspection.verdicts.results_by_method().items():

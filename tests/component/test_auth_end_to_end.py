@@ -410,3 +410,13 @@ def test_08_subdomain_policy_sp_applies_to_subdomains_only(make_gateway: MakeGat
     results = parse_results(split_delivered(gw.wait_delivered(1)[0], parent)[0])
     assert results["dmarc"].result == "fail"
     assert len(rejected_items(gw)) == 1
+
+
+def test_09_received_names_the_client_by_its_forward_confirmed_reverse_name(make_gateway: MakeGateway) -> None:
+    gw = make_gateway()
+    gw.dns.add("1.0.0.127.in-addr.arpa", "PTR", "mx.client.test")
+    gw.dns.add("mx.client.test", "A", "127.0.0.1")
+    with smtplib.SMTP("127.0.0.1", gw.port, local_hostname="helo.client.test", timeout=10) as client:
+        client.sendmail("s@client.test", ["alice@example.test"], b"From: s@client.test\r\nSubject: r\r\n\r\nbody\r\n")
+    [delivered] = gw.wait_delivered(1)
+    assert b"Received: from helo.client.test (mx.client.test [127.0.0.1])\r\n" in delivered

@@ -7,7 +7,7 @@ import threading
 import dkim
 import pytest
 
-from sesmail_gateway.checks.dns import FAILURE_TTL, DkimTxtLookup, DnsStatus, Resolver
+from sesmail_gateway.checks.dns import FAILURE_TTL, DkimTxtLookup, DnsStatus, Resolver, confirmed_reverse_name
 from tests.dnsserver import TestDNSServer, free_udp_port
 
 
@@ -166,3 +166,14 @@ def test_dkim_dnsfunc_reports_what_dns_said(dns_server: TestDNSServer, resolver:
 def test_servers_must_be_ip_host_port(server: str) -> None:
     with pytest.raises(ValueError):
         Resolver([server])
+
+
+def test_reverse_name_counts_only_when_it_resolves_back(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    dns_server.add("5.2.0.192.in-addr.arpa", "PTR", "mail.sender.test")
+    dns_server.add("mail.sender.test", "A", "192.0.2.5")
+    dns_server.add("6.2.0.192.in-addr.arpa", "PTR", "liar.sender.test")
+    dns_server.add("liar.sender.test", "A", "198.51.100.1")  # claims a name that is not its own
+    assert confirmed_reverse_name(resolver, "192.0.2.5") == "mail.sender.test"
+    assert confirmed_reverse_name(resolver, "192.0.2.6") == ""
+    assert confirmed_reverse_name(resolver, "192.0.2.7") == ""  # no PTR at all
+    assert confirmed_reverse_name(resolver, "not an address") == ""
