@@ -50,5 +50,7 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Our lines carry none of these; skipping them saves syscalls on every record.
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     # aiosmtpd logs every command at INFO; keep its warnings only.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

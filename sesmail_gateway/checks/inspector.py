@@ -62,8 +62,8 @@ class Inspector:
     async def check_sender(self, *, ip: str, helo: str, mail_from: str) -> SpfResult:
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._pool, check_spf, self.resolver, ip, helo, mail_from), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await loop.run_in_executor(self._pool, check_spf, self.resolver, ip, helo, mail_from)
         except TimeoutError:
             return SpfResult("temperror", "", "SPF check timed out", "mailfrom" if mail_from else "helo")
 
@@ -78,7 +78,8 @@ class Inspector:
             return verdicts, confirmed_reverse_name(self.resolver, ip)
 
         try:
-            verdicts, reverse = await asyncio.wait_for(loop.run_in_executor(self._pool, run), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                verdicts, reverse = await loop.run_in_executor(self._pool, run)
         except TimeoutError:
             log.warning("checks: timed out after %.0fs for sender %r from %s", self.timeout, mail_from, ip)
             verdicts, reverse = timed_out(mail_from, spf), ""
