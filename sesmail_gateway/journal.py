@@ -17,6 +17,7 @@ flock, so a process can tell a live journal from an orphaned one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
@@ -69,19 +70,32 @@ class Journal:
         self.pending = 0
 
     def append(self, buffers: Sequence[bytes]) -> None:
-        """Write the buffers and make them durable before returning."""
+        """Write the buffers and make them durable before returning.
+
+        On failure (a full disk, an I/O error) the partial batch is cut off
+        again, as far as the OS allows, and the caller must stop appending
+        to this file: a torn record would hide every record after it from a
+        replay.
+        """
+        start = self.size
         views = [memoryview(b) for b in buffers if b]
-        while views:
-            written = os.writev(self._fd, views[:1024])
-            self.size += written
-            while written and views:
-                if written >= len(views[0]):
-                    written -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][written:]
-                    written = 0
-        os.fdatasync(self._fd)
+        try:
+            while views:
+                written = os.writev(self._fd, views[:1024])
+                self.size += written
+                while written and views:
+                    if written >= len(views[0]):
+                        written -= len(views[0])
+                        views.pop(0)
+                    else:
+                        views[0] = views[0][written:]
+                        written = 0
+            os.fdatasync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+                self.size = start
+            raise
 
     def discard(self) -> None:
         """Delete the file and release its lock."""

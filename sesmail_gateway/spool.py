@@ -177,7 +177,14 @@ class Spool:
         with self._lock:
             if self._journal is None:
                 self._journal = journal.Journal(self.root / JOURNAL)
-            self._journal.append(buffers)
+            try:
+                self._journal.append(buffers)
+            except OSError:
+                # Every session of the batch hears 451; later batches go to a fresh file,
+                # so no torn record can stand in front of an acknowledged one.
+                self._closed.append(self._journal)
+                self._journal = None
+                raise
             self._journal.pending += len(jobs)
             for job in jobs:
                 job.journal = self._journal

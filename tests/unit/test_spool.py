@@ -214,3 +214,30 @@ async def test_smtp_workers_never_sweep(tmp_path: Path) -> None:
     with mock.patch("time.time_ns", return_value=time.time_ns() + 2 * CLOCK_MARGIN_NS):
         Spool(tmp_path, sweeper=True).checkpoint()
     assert not (tmp_path / "done" / "OLD").exists()
+
+
+async def test_a_failed_append_never_hides_later_messages_from_a_replay(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    await spool.enqueue(item(), b"first\r\n")
+    real_writev = os.writev
+    calls = {"n": 0}
+
+    def disk_full_once(fd: int, buffers: list[memoryview]) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_writev(fd, [buffers[0][:10]])  # a torn record reaches the file ...
+            raise OSError(28, "No space left on device")  # ... then the disk is full
+        return real_writev(fd, buffers)
+
+    with mock.patch("os.writev", disk_full_once):  # the OS is what fails here, so it is what is scripted
+        with pytest.raises(OSError):
+            await spool.enqueue(item(), b"refused with 451\r\n")
+        later = item()
+        await spool.enqueue(later, b"acknowledged after the failure\r\n")
+    crash(spool)  # before any folder was written or any checkpoint ran
+    shutil.rmtree(tmp_path / INCOMING)
+    (tmp_path / INCOMING).mkdir()
+
+    Spool(tmp_path).recover()
+
+    assert (tmp_path / INCOMING / later.id / "message.eml").read_bytes() == b"acknowledged after the failure\r\n"
