@@ -193,12 +193,17 @@ class Spool:
         return [None] * len(jobs)
 
     async def _write_in_background(self, job: _Accept) -> None:
+        delay = 1.0
         try:
-            await self._writes.commit(job)
-        except OSError as exc:
-            # The journal keeps the message; the next start-up (or a later checkpoint) restores it.
-            log.error("spool: cannot write %s to its folder yet: %s", job.item.id, exc)
-            return
+            while True:
+                try:
+                    await self._writes.commit(job)
+                    break
+                except OSError as exc:
+                    # The journal holds the message (and keeps it until this succeeds): try again.
+                    log.error("spool: cannot write %s to its folder yet (retry in %.0fs): %s", job.item.id, delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
         finally:
             assert self._room is not None
             self._room.release()
@@ -285,10 +290,12 @@ class Spool:
         if self.sweeper:
             self._sweep_done()
 
-    async def close(self) -> None:
-        """At shutdown: finish writing folders, then a last checkpoint."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """At shutdown: finish writing folders (what cannot be written stays in the journal), then a last checkpoint."""
         if self._writing:
-            await asyncio.gather(*self._writing, return_exceptions=True)
+            _, stuck = await asyncio.wait(self._writing, timeout=timeout)
+            for task in stuck:
+                task.cancel()  # its journal is not retired: the next start-up restores the message
         await asyncio.to_thread(self.checkpoint)
         with self._lock:
             for remaining in [self._journal, *self._closed]:

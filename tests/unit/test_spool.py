@@ -241,3 +241,19 @@ async def test_a_failed_append_never_hides_later_messages_from_a_replay(tmp_path
     Spool(tmp_path).recover()
 
     assert (tmp_path / INCOMING / later.id / "message.eml").read_bytes() == b"acknowledged after the failure\r\n"
+
+
+async def test_a_folder_that_cannot_be_written_yet_is_retried_until_it_can(tmp_path: Path) -> None:
+    ready: list[str] = []
+    spool = Spool(tmp_path, on_ready=ready.append)
+    (tmp_path / INCOMING).rmdir()
+    (tmp_path / INCOMING).write_text("in the way")  # the folder cannot be renamed into place
+    queued = item()
+    await spool.enqueue(queued, b"durable in the journal\r\n")  # acknowledged all the same
+    await asyncio.sleep(0.3)
+    assert ready == []
+    (tmp_path / INCOMING).unlink()
+    (tmp_path / INCOMING).mkdir()
+    await spool.close()  # waits for the background write, which retries after a second
+    assert ready == [queued.id]
+    assert (tmp_path / INCOMING / queued.id / "message.eml").read_bytes() == b"durable in the journal\r\n"
