@@ -32,16 +32,12 @@ def write_file(path: Path, *chunks: bytes, sync: bool = True, mode: int = 0o640)
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix.
-
-    With ``sync=False`` the caller makes it durable later with one filesystem flush.
-    """
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write_file(tmp, data, mode=mode, sync=sync)
+    write_file(tmp, data, mode=mode)
     os.replace(tmp, path)
-    if sync:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def durable_rename(src: Path, dst: Path) -> None:

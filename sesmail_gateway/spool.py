@@ -473,7 +473,7 @@ class Spool:
         # Back to the state it was accepted in: a message refused at DATA stays refused.
         folder = self.root / (item.state if item.state in (INCOMING, REJECTED) else INCOMING) / item.id
         folder.mkdir(mode=0o750)
-        write_file(folder / MESSAGE, record.message, sync=False)
+        write_file(folder / MESSAGE, record.message, sync=False, mode=0o600)
         write_file(folder / META, record.meta, sync=False)
         log.warning("spool: %s restored from the journal", item.id)
         return 1

@@ -186,9 +186,8 @@ class GatewayHandler:
         peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
         client = Client(ip=str(peer[0]), port=int(peer[1]), helo=session.host_name or "", tls=session.ssl is not None)
         recipients: list[RecipientRoute] = list(envelope.routes)
-        sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
         return QueueItem(
-            id=new_queue_id(), sender=sender, recipients=recipients, client=client,
+            id=new_queue_id(), sender=_sender(envelope.mail_from or ""), recipients=recipients, client=client,
             created=time.time(), deliveries=plan_deliveries(recipients),
         )
 
