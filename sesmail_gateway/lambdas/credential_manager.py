@@ -17,7 +17,8 @@ reported back (``ReportBatchItemFailures``) so the stream retries from it and,
 after the configured attempts, sends it to the dead-letter queue.
 
 This module is deployed on its own: it imports nothing else from the package.
-Environment: ``TABLE_NAME``, ``KMS_KEY_ID``, ``AWS_REGION`` (set by Lambda).
+Environment: ``TABLE_NAME``, ``KMS_KEY_ID``, ``PERMISSIONS_BOUNDARY_ARN`` (the
+users' permissions boundary), ``AWS_REGION`` (set by Lambda).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ class Clients:
     table_name: str
     kms_key_id: str
     region: str
+    permissions_boundary: str = ""  # every user is created under it when set
 
 
 def _ignore(client: Any, code: str, call: Callable[[], Any]) -> Any:
@@ -183,7 +185,8 @@ def ensure_user(clients: Clients, user: SmtpUser) -> str:
     """Create (or find) the IAM user; its ARN."""
     iam = clients.iam
     tags = [{"Key": "sesmail-gateway:smtp-user", "Value": user.name}]
-    _ignore(iam, "EntityAlreadyExists", partial(iam.create_user, UserName=user.iam_user_name, Tags=tags))
+    boundary = {"PermissionsBoundary": clients.permissions_boundary} if clients.permissions_boundary else {}
+    _ignore(iam, "EntityAlreadyExists", partial(iam.create_user, UserName=user.iam_user_name, Tags=tags, **boundary))
     arn: str = iam.get_user(UserName=user.iam_user_name)["User"]["Arn"]
     return arn
 
@@ -334,6 +337,7 @@ def clients_from_environment() -> Clients:
         table_name=os.environ["TABLE_NAME"],
         kms_key_id=os.environ["KMS_KEY_ID"],
         region=os.environ.get("SMTP_REGION") or region,
+        permissions_boundary=os.environ.get("PERMISSIONS_BOUNDARY_ARN", ""),
     )
 
 

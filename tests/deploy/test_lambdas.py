@@ -109,9 +109,13 @@ def table(aws: Aws) -> Table:
 @pytest.fixture
 def clients(aws: Aws, table: Table) -> cm.Clients:
     kms = aws.client("kms")
+    iam = aws.client("iam")
     key_id = kms.create_key(Description="smtp credentials")["KeyMetadata"]["KeyId"]
-    return cm.Clients(iam=aws.client("iam"), kms=kms, dynamodb=table.ddb, table_name=TABLE,
-                      kms_key_id=key_id, region=REGION)
+    boundary = iam.create_policy(PolicyName="smtp-user-boundary", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": ["ses:SendRawEmail"], "Resource": "*"}]}))["Policy"]["Arn"]
+    return cm.Clients(iam=iam, kms=kms, dynamodb=table.ddb, table_name=TABLE,
+                      kms_key_id=key_id, region=REGION, permissions_boundary=boundary)
 
 
 def decrypt(clients: cm.Clients, item: dict[str, Any]) -> dict[str, str]:
@@ -124,6 +128,9 @@ def test_pending_record_gets_user_policy_key_and_encrypted_password(
         table: Table, clients: cm.Clients, caplog: pytest.LogCaptureFixture) -> None:
     item = table.put_pending("app-sender", ["app@example.test", "alerts@example.test"])
     caplog.set_level(logging.INFO)
+    create_calls: list[dict[str, Any]] = []
+    clients.iam.meta.events.register(
+        "provide-client-params.iam.CreateUser", lambda params, **_: create_calls.append(dict(params)))
     assert cm.handle({"Records": [table.record("INSERT", item, None)]}, clients) == {"batchItemFailures": []}
 
     stored = table.get("app-sender")
@@ -131,6 +138,8 @@ def test_pending_record_gets_user_policy_key_and_encrypted_password(
     user_name = "ses-smtp-user-app-sender-20240506070809"
     assert stored["iam_user_name"]["S"] == user_name
     assert stored["iam_user_arn"]["S"] == clients.iam.get_user(UserName=user_name)["User"]["Arn"]
+    # moto keeps a user's boundary but GetUser does not return it: the request sent is checked instead.
+    assert [call["PermissionsBoundary"] for call in create_calls] == [clients.permissions_boundary]
 
     policy = clients.iam.get_user_policy(UserName=user_name, PolicyName=cm.POLICY_NAME)["PolicyDocument"]
     statement = (json.loads(policy) if isinstance(policy, str) else policy)["Statement"][0]
