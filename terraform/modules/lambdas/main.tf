@@ -14,6 +14,11 @@ locals {
   credential_name = "${var.name_prefix}-credential-manager-${var.environment}"
   metrics_name    = "${var.name_prefix}-outbound-metrics-${var.environment}"
   smtp_users_arn  = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:user/ses-smtp-user-*"
+  ses_arn_prefix  = "arn:${data.aws_partition.current.partition}:ses:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}"
+  # Identities and configuration sets of this account and region only; each user's
+  # inline policy narrows further to its allowed_senders (ses:FromAddress).
+  ses_identities_arn         = "${local.ses_arn_prefix}:identity/*"
+  ses_configuration_sets_arn = "${local.ses_arn_prefix}:configuration-set/*"
 }
 
 module "credentials_key" {
@@ -77,7 +82,7 @@ data "aws_iam_policy_document" "smtp_user_boundary" {
     sid       = "SendMailOnly"
     effect    = "Allow"
     actions   = ["ses:SendRawEmail"]
-    resources = ["*"] # narrowed per user by the ses:FromAddress condition of its inline policy
+    resources = [local.ses_identities_arn, local.ses_configuration_sets_arn]
   }
 }
 
