@@ -1,6 +1,7 @@
 # The instance profile allows exactly what the daemon calls (tests/deploy checks
-# the list against the daemon's source), plus the CloudWatch agent shipping the
-# daemon's JSON log. No action is a wildcard.
+# the list against the daemon's source; DeleteParameter is the token store's
+# `token delete`), plus the CloudWatch agent shipping the daemon's JSON log.
+# No action is a wildcard.
 
 locals {
   partition      = data.aws_partition.current.partition
@@ -65,6 +66,7 @@ data "aws_iam_policy_document" "gateway" {
     sid    = "GmailTokens"
     effect = "Allow"
     actions = [
+      "ssm:DeleteParameter",
       "ssm:GetParameter",
       "ssm:GetParameters",
       "ssm:GetParametersByPath",

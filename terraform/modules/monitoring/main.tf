@@ -1,10 +1,10 @@
 # Alarms to one encrypted SNS topic, and a dashboard.
 #
-# Daemon metrics read here (metrics.cloudwatch_namespace): MessagesAccepted (Sum),
-# QueueDepth with dimension State (incoming, deferred, held, dead, rejected),
-# Deliveries with dimension Outcome (delivered, deferred, dead), and the seed's
-# TokenSecondsUntilExpiration per Gmail account (any dimensions: read with a
-# Metrics Insights query, so every account counts).
+# Daemon metrics read here (metrics.cloudwatch_namespace): MessagesAccepted (no
+# dimension), QueueDepth by State (incoming, deferred, held, dead, rejected),
+# Deliveries by Action and Outcome (delivered, deferred, held, failed), and the
+# seed's TokenSecondsUntilExpiration by Account. Metrics with dimensions that vary
+# (Action, Account) are read with Metrics Insights queries, so every value counts.
 
 data "aws_region" "current" {}
 data "aws_partition" "current" {}
@@ -15,6 +15,10 @@ locals {
     queue-depth  = { state = "deferred", threshold = var.queue_depth_threshold, periods = 3, text = "Deferred messages above ${var.queue_depth_threshold} for 15 minutes" }
     dead-letters = { state = "dead", threshold = 0, periods = 1, text = "A message is in the dead-letter state: queue list --state dead" }
     held         = { state = "held", threshold = 0, periods = 2, text = "Messages held for an expired Gmail token: token status, then token refresh" }
+  }
+  delivery_alarms = {
+    delivery-failures  = { outcome = "failed", threshold = 0, text = "A delivery failed permanently in the last 15 minutes: queue list --state dead" }
+    delivery-deferrals = { outcome = "deferred", threshold = var.delivery_deferral_threshold, text = "More than ${var.delivery_deferral_threshold} delivery attempts deferred in 15 minutes" }
   }
   token_alarms = {
     token-expiry-24h = { seconds = 86400, text = "A Gmail refresh token expires within 24 hours: token refresh --account ..." }
@@ -85,21 +89,24 @@ resource "aws_cloudwatch_metric_alarm" "queue" {
   tags                = var.tags
 }
 
-resource "aws_cloudwatch_metric_alarm" "delivery_failures" {
-  alarm_name          = "${local.prefix}-delivery-failures"
-  alarm_description   = "More than ${var.delivery_deferral_threshold} delivery attempts deferred in 15 minutes"
-  namespace           = var.metrics_namespace
-  metric_name         = "Deliveries"
-  dimensions          = { Outcome = "deferred" }
-  statistic           = "Sum"
-  period              = 900
-  evaluation_periods  = 1
+resource "aws_cloudwatch_metric_alarm" "delivery" {
+  for_each            = local.delivery_alarms
+  alarm_name          = "${local.prefix}-${each.key}"
+  alarm_description   = each.value.text
   comparison_operator = "GreaterThanThreshold"
-  threshold           = var.delivery_deferral_threshold
+  threshold           = each.value.threshold
+  evaluation_periods  = 1
   treat_missing_data  = "notBreaching"
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
   tags                = var.tags
+
+  metric_query {
+    id          = "attempts"
+    expression  = "SELECT SUM(Deliveries) FROM SCHEMA(\"${var.metrics_namespace}\", Action, Outcome) WHERE Outcome = '${each.value.outcome}'"
+    period      = 900
+    return_data = true
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "no_mail" {
@@ -221,12 +228,14 @@ resource "aws_cloudwatch_dashboard" "main" {
           region  = data.aws_region.current.name
           stat    = "Sum"
           period  = 300
-          metrics = [
-            [var.metrics_namespace, "MessagesAccepted"],
-            [var.metrics_namespace, "Deliveries", "Outcome", "delivered"],
-            [var.metrics_namespace, "Deliveries", "Outcome", "deferred"],
-            [var.metrics_namespace, "Deliveries", "Outcome", "dead"],
-          ]
+          metrics = concat(
+            [[var.metrics_namespace, "MessagesAccepted", { id = "accepted" }]],
+            [for outcome in ["delivered", "deferred", "held", "failed"] : [{
+              expression = "SELECT SUM(Deliveries) FROM SCHEMA(\"${var.metrics_namespace}\", Action, Outcome) WHERE Outcome = '${outcome}'"
+              label      = outcome
+              id         = outcome
+            }]],
+          )
         }
       },
       {
@@ -265,7 +274,8 @@ resource "aws_cloudwatch_dashboard" "main" {
           alarms = concat(
             [for alarm in aws_cloudwatch_metric_alarm.token_expiry : alarm.arn],
             [for alarm in aws_cloudwatch_metric_alarm.queue : alarm.arn],
-            [aws_cloudwatch_metric_alarm.delivery_failures.arn, aws_cloudwatch_metric_alarm.no_mail.arn],
+            [for alarm in aws_cloudwatch_metric_alarm.delivery : alarm.arn],
+            [aws_cloudwatch_metric_alarm.no_mail.arn],
             [for alarm in aws_cloudwatch_metric_alarm.outbound_rate : alarm.arn],
           )
         }

@@ -18,7 +18,8 @@ output "alarm_names" {
   value = concat(
     [for alarm in aws_cloudwatch_metric_alarm.token_expiry : alarm.alarm_name],
     [for alarm in aws_cloudwatch_metric_alarm.queue : alarm.alarm_name],
-    [aws_cloudwatch_metric_alarm.delivery_failures.alarm_name, aws_cloudwatch_metric_alarm.no_mail.alarm_name],
+    [for alarm in aws_cloudwatch_metric_alarm.delivery : alarm.alarm_name],
+    [aws_cloudwatch_metric_alarm.no_mail.alarm_name],
     [for alarm in aws_cloudwatch_metric_alarm.outbound_rate : alarm.alarm_name],
     aws_cloudwatch_metric_alarm.instance_status[*].alarm_name,
     aws_cloudwatch_metric_alarm.instance_recover[*].alarm_name,

@@ -42,7 +42,7 @@ variable "queue_depth_threshold" {
 }
 
 variable "delivery_deferral_threshold" {
-  description = "Deferred delivery attempts in 15 minutes above which the delivery-failures alarm fires."
+  description = "Deferred delivery attempts in 15 minutes above which the delivery-deferrals alarm fires."
   type        = number
   default     = 20
 }
