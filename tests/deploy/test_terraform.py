@@ -38,7 +38,8 @@ CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
 ALL = modules() + environments()
 
 # Actions AWS defines without a resource type: "*" is the only resource they take.
-NO_RESOURCE_TYPE = {"cloudwatch:PutMetricData", "xray:PutTelemetryRecords", "xray:PutTraceSegments"}
+NO_RESOURCE_TYPE = {"cloudwatch:PutMetricData", "xray:PutTelemetryRecords", "xray:PutTraceSegments",
+                    "route53:ListHostedZones"}
 
 
 def test_the_tree_has_every_module_and_both_environments() -> None:
@@ -169,6 +170,16 @@ def test_instance_profile_allows_exactly_the_daemons_actions() -> None:
     bounces = gateway_statements()["BounceDsns"]
     assert bounces["condition"][0]["variable"] == "ses:FromAddress"  # type: ignore[index]
     assert gateway_statements()["Metrics"]["condition"][0]["variable"] == "cloudwatch:namespace"  # type: ignore[index]
+
+
+def test_certbot_may_change_only_its_own_challenge_records() -> None:
+    document = load_module(TERRAFORM / "modules" / "gateway").policy_documents["dns01"]
+    found = {str(s["sid"]): s for s in statements(document)}
+    assert {str(a) for s in found.values() for a in s["actions"]} == {  # type: ignore[attr-defined]
+        "route53:ChangeResourceRecordSets", "route53:GetChange", "route53:ListHostedZones"}
+    conditions = {c["variable"]: c["values"] for c in found["Dns01ChallengeRecords"]["condition"]}  # type: ignore[attr-defined]
+    assert conditions["route53:ChangeResourceRecordSetsRecordTypes"] == ["TXT"]
+    assert "_acme-challenge." in str(conditions["route53:ChangeResourceRecordSetsNormalizedRecordNames"])
 
 
 # AWS calls made through helpers rather than by operation name.

@@ -98,7 +98,7 @@ variable "bounce_sender" {
 variable "mx_mode" {
   description = "ses | ses-primary | gateway-primary | gateway: who receives mail (see modules/dns). Rolling back is setting it to ses."
   type        = string
-  default     = "ses-primary"
+  default     = "ses"
 }
 
 variable "migration_mx_hostnames" {

@@ -55,6 +55,9 @@ resource "aws_route53_record" "mx" {
   type    = "MX"
   ttl     = 300
   records = local.mx_records
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 resource "aws_route53_record" "apex_txt" {
@@ -64,6 +67,9 @@ resource "aws_route53_record" "apex_txt" {
   type    = "TXT"
   ttl     = 300
   records = concat([local.spf], var.extra_apex_txt_records)
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 resource "aws_route53_record" "dmarc" {
@@ -72,6 +78,9 @@ resource "aws_route53_record" "dmarc" {
   type    = "TXT"
   ttl     = 300
   records = [local.dmarc]
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 resource "aws_route53_record" "tlsrpt" {
@@ -80,6 +89,9 @@ resource "aws_route53_record" "tlsrpt" {
   type    = "TXT"
   ttl     = 300
   records = [local.tlsrpt]
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 resource "aws_route53_record" "mta_sts" {
@@ -88,6 +100,9 @@ resource "aws_route53_record" "mta_sts" {
   type    = "TXT"
   ttl     = 300
   records = ["v=STSv1; id=${local.mta_sts_id}"]
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 # --- MTA-STS policy hosting ------------------------------------------------------------
@@ -282,4 +297,7 @@ resource "aws_route53_record" "mta_sts_host" {
     zone_id                = aws_cloudfront_distribution.mta_sts.hosted_zone_id
     evaluate_target_health = false
   }
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }

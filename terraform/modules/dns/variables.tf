@@ -31,8 +31,8 @@ variable "mx_mode" {
     a lower-priority MX: the first step), "gateway-primary" (gateways preferred, SES as a
     fallback), "gateway" (gateways only: the end state).
   EOT
-  type        = string
-  default     = "gateway"
+  type    = string
+  default = "gateway"
 
   validation {
     condition     = contains(["ses", "ses-primary", "gateway-primary", "gateway"], var.mx_mode)

@@ -1,7 +1,7 @@
 # The instance profile allows exactly what the daemon calls (tests/deploy checks
 # the list against the daemon's source; DeleteParameter is the token store's
-# `token delete`), plus the CloudWatch agent shipping the daemon's JSON log.
-# No action is a wildcard.
+# `token delete`), plus the CloudWatch agent shipping the daemon's JSON log, and
+# (in a policy of its own) certbot's DNS-01 challenge. No action is a wildcard.
 
 locals {
   partition      = data.aws_partition.current.partition
@@ -120,6 +120,47 @@ data "aws_iam_policy_document" "gateway" {
     ]
     resources = [aws_cloudwatch_log_group.gateway.arn, "${aws_cloudwatch_log_group.gateway.arn}:log-stream:*"]
   }
+}
+
+# certbot on each host answers Let's Encrypt's DNS-01 challenge for its own
+# name only: a TXT record at _acme-challenge.<host>, nothing else in the zone.
+data "aws_iam_policy_document" "dns01" {
+  statement {
+    sid       = "Dns01ChallengeRecords"
+    effect    = "Allow"
+    actions   = ["route53:ChangeResourceRecordSets"]
+    resources = ["arn:${local.partition}:route53:::hostedzone/${var.zone_id}"]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
+      values   = [for host in local.hostnames : "_acme-challenge.${host}"]
+    }
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "route53:ChangeResourceRecordSetsRecordTypes"
+      values   = ["TXT"]
+    }
+  }
+
+  statement {
+    sid       = "Dns01ChallengeStatus"
+    effect    = "Allow"
+    actions   = ["route53:GetChange"]
+    resources = ["arn:${local.partition}:route53:::change/*"]
+  }
+
+  statement {
+    sid       = "Dns01FindZone"
+    effect    = "Allow"
+    actions   = ["route53:ListHostedZones"]
+    resources = ["*"] # ListHostedZones has no resource type
+  }
+}
+
+resource "aws_iam_role_policy" "dns01" {
+  name   = "certbot-dns01"
+  role   = aws_iam_role.gateway.id
+  policy = data.aws_iam_policy_document.dns01.json
 }
 
 resource "aws_iam_role_policy" "gateway" {

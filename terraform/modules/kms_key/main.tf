@@ -15,9 +15,9 @@ data "aws_iam_policy_document" "key" {
   #checkov:skip=CKV_AWS_111:Same: "*" in a key policy is the key itself, never another resource.
   #checkov:skip=CKV_AWS_356:Same: a key policy cannot name its own key ARN before the key exists.
   statement {
-    sid       = "AccountDelegatesToIam"
-    effect    = "Allow"
-    actions   = [
+    sid    = "AccountDelegatesToIam"
+    effect = "Allow"
+    actions = [
       "kms:CancelKeyDeletion",
       "kms:CreateAlias",
       "kms:CreateGrant",
@@ -59,8 +59,8 @@ data "aws_iam_policy_document" "key" {
   dynamic "statement" {
     for_each = length(var.service_principals) > 0 ? [var.service_principals] : []
     content {
-      sid       = "ServicesOfThisAccount"
-      effect    = "Allow"
+      sid    = "ServicesOfThisAccount"
+      effect = "Allow"
       actions = [
         "kms:Decrypt",
         "kms:DescribeKey",
@@ -85,7 +85,7 @@ resource "aws_kms_key" "this" {
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.key.json
-  tags = var.tags
+  tags                    = var.tags
 }
 
 resource "aws_kms_alias" "this" {

@@ -114,6 +114,9 @@ resource "aws_route53_record" "dkim" {
   type     = "CNAME"
   ttl      = 1800
   records  = ["${aws_sesv2_email_identity.domain[each.value.domain].dkim_signing_attributes[0].tokens[each.value.index]}.dkim.amazonses.com"]
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 resource "aws_route53_record" "mail_from_mx" {
@@ -123,6 +126,9 @@ resource "aws_route53_record" "mail_from_mx" {
   type     = "MX"
   ttl      = 1800
   records  = ["10 feedback-smtp.${data.aws_region.current.name}.amazonses.com"]
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
 
 resource "aws_route53_record" "mail_from_spf" {
@@ -132,4 +138,7 @@ resource "aws_route53_record" "mail_from_spf" {
   type     = "TXT"
   ttl      = 1800
   records  = ["v=spf1 include:amazonses.com -all"]
+
+  # Adopts the record a seed deployment (or a person) published before.
+  allow_overwrite = true
 }
