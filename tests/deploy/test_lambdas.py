@@ -378,3 +378,44 @@ def test_lambdas_import_nothing_else_from_the_package() -> None:
         assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
         # The Lambda runtime provides the standard library and boto3, nothing else.
         assert imported - {"__future__"} <= set(sys.stdlib_module_names) | {"boto3"}, imported
+
+
+def test_each_lambda_runs_alone_from_its_package(tmp_path: Path) -> None:
+    """The zip archive_file builds (one module) imports with the standard library and boto3 only."""
+    import subprocess
+    import sys
+    import zipfile
+
+    for module in (cm, om):
+        source = Path(module.__file__)  # type: ignore[arg-type]
+        package = tmp_path / f"{source.stem}.zip"
+        with zipfile.ZipFile(package, "w") as archive:
+            archive.write(source, source.name)
+        code = f"import {source.stem} as m; assert callable(m.handler); import sys; " \
+               "assert not [n for n in sys.modules if n.startswith('sesmail_gateway')]"
+        subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(package)!r}); {code}"],
+                       check=True, timeout=60, cwd=tmp_path)
+
+
+def test_credential_manager_entry_point_reads_its_environment(
+        table: Table, aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_id = aws.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    for name, value in {"TABLE_NAME": TABLE, "KMS_KEY_ID": key_id, "AWS_REGION": REGION,
+                        "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": aws.endpoint,
+                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PERMISSIONS_BOUNDARY_ARN", raising=False)
+    monkeypatch.setattr(cm, "_clients", None)
+    item = table.put_pending("entry", ["entry@example.test"])
+    assert cm.handler({"Records": [table.record("INSERT", item, None)]}, None) == {"batchItemFailures": []}
+    assert table.get("entry")["status"]["S"] == "active"  # type: ignore[index]
+
+
+def test_outbound_metrics_entry_point_reads_its_environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"METRICS_NAMESPACE": "SESMail/entry", "AWS_DEFAULT_REGION": REGION,
+                        "AWS_ENDPOINT_URL": aws.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(om, "_clients", None)
+    assert om.handler(sns_event("complaint"), None) == {"OutboundComplaint": 1}
+    assert _sums(aws.client("cloudwatch"), "SESMail/entry") == {"OutboundComplaint": 1}
