@@ -55,7 +55,7 @@ resource "aws_sesv2_configuration_set" "outbound" {
   configuration_set_name = local.configuration_set
 
   delivery_options {
-    tls_policy = "REQUIRE"
+    tls_policy = var.require_tls ? "REQUIRE" : "OPTIONAL"
   }
 
   reputation_options {

@@ -20,6 +20,12 @@ variable "mail_from_subdomain" {
   default     = "bounce"
 }
 
+variable "require_tls" {
+  description = "SES delivers outbound mail only over TLS (REQUIRE); false lets it fall back to plain text (OPTIONAL) for receivers without STARTTLS."
+  type        = bool
+  default     = true
+}
+
 variable "tags" {
   description = "Tags for every resource."
   type        = map(string)
