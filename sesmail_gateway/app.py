@@ -23,7 +23,7 @@ from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.deliver.bounce import RuleBounce
 from sesmail_gateway.deliver.gmail import GmailDeliverer
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
-from sesmail_gateway.fsutil import FilesystemSync, ensure_dir
+from sesmail_gateway.fsutil import PendingSyncs, ensure_dir
 from sesmail_gateway.metrics import Metrics, MetricsServer
 from sesmail_gateway.routes import Action, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAILDIR = "mail"
 
 
-def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
+def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
     scheme, _, rest = config.archive.url.partition("://")
     if scheme == "file":
-        return FolderArchiver(config.data_path(rest or "archive"), fs)
+        return FolderArchiver(config.data_path(rest or "archive"), syncs)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
 
 
@@ -64,9 +64,9 @@ def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenS
     return deliverer, store
 
 
-def build_deliverers(config: Config, fs: FilesystemSync, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
+def build_deliverers(config: Config, syncs: PendingSyncs, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
     return {
-        "maildir": MaildirDeliverer(config.data_dir, fs),
+        "maildir": MaildirDeliverer(config.data_dir, syncs),
         "bounce": RuleBounce(),
         "forward-to-gmail": gmail,
     }
@@ -97,8 +97,8 @@ class Gateway:
         self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
         self.gmail, token_store = open_gmail(config, self.metrics)
         self.runner = Runner(
-            spool=self.spool, archiver=open_archiver(config, self.spool.fs),
-            deliverers=build_deliverers(config, self.spool.fs, self.gmail),
+            spool=self.spool, archiver=open_archiver(config, self.spool.syncs),
+            deliverers=build_deliverers(config, self.spool.syncs, self.gmail),
             config=config.delivery, metrics=self.metrics,
         )
         self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
@@ -129,6 +129,8 @@ class Gateway:
             return False, "smtp worker(s) down"
         if not os.access(self.spool.root / "tmp", os.W_OK):
             return False, "spool not writable"
+        if self.spool.syncs.failed is not None:
+            return False, f"spool fsync failed ({self.spool.syncs.failed.strerror}): journals kept for a restart"
         return True, f"queue {self.spool.counts()}"
 
     async def start(self) -> None:

@@ -165,7 +165,7 @@ class Runner:
     # -- feeding -----------------------------------------------------------
 
     def _submit(self, state: str, queue_id: str) -> None:
-        if queue_id not in self._known:
+        if queue_id not in self._known and not self.spool.finishing(queue_id):
             self._known.add(queue_id)
             self._queue.put_nowait((state, queue_id))
 
