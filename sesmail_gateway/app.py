@@ -7,10 +7,12 @@ Maildir or Gmail); everything else sees the small protocols.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sesmail_gateway import sdnotify
@@ -72,6 +74,24 @@ def build_deliverers(config: Config, syncs: PendingSyncs, gmail: GmailDeliverer)
     }
 
 
+LOCK_NAME = "gateway.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for the daemon's life; ConfigError (exit 2) if another has it."""
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"gateway.data_dir: {data_dir} is in use by another sesmail-gateway (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def seed_default_route(store: RouteStore, config: Config) -> bool:
     """On the embedded SQLite store, an empty rule table gets ``*`` → Maildir ``mail/``."""
     if not config.rules.url.startswith("sqlite://") or store.list():
@@ -89,7 +109,17 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         ensure_dir(config.data_dir)
+        # Before anything else touches the data dir: one daemon per spool.
+        self._lock_fd = lock_data_dir(config.data_dir)
         self.metrics = Metrics()
+        # Then the sockets, so a taken port stops start-up before anything touches the spool.
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.listen:
+            try:
+                self.metrics_server = MetricsServer(self.metrics, config.metrics.listen, self.healthy)
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
+                                  f"{exc.strerror}") from None
         self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit, sweeper=True)
         self.metrics.track_queue(self.spool.counts)
         self.store = open_route_store(config)
@@ -116,7 +146,6 @@ class Gateway:
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
-        self.metrics_server: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
         self._token_watch: asyncio.Task[None] | None = None
@@ -134,16 +163,15 @@ class Gateway:
         return True, f"queue {self.spool.counts()}"
 
     async def start(self) -> None:
-        await self.runner.start()
+        await self.control.start()
+        await self.runner.start()  # recovery, then delivery
         self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
         self._token_watch = asyncio.create_task(self.tokens.run())
-        await self.control.start()
         if self.smtp is not None:
             self.bound = await self.smtp.start()
         if self.pool is not None:
             await self.pool.start(abort=self._stop)
-        if self.config.metrics.listen:
-            self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
+        if self.metrics_server is not None:
             self.metrics_server.start()
 
     async def _reload_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
