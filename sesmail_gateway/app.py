@@ -7,15 +7,13 @@ Maildir or Gmail); everything else sees the small protocols.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from sesmail_gateway import sdnotify
+from sesmail_gateway import control, sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.checks.inspector import Inspector
@@ -27,6 +25,7 @@ from sesmail_gateway.deliver.gmail import GmailDeliverer
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
 from sesmail_gateway.fsutil import PendingSyncs, ensure_dir
 from sesmail_gateway.metrics import Metrics, MetricsServer
+from sesmail_gateway.queue_ops import QueueOpError
 from sesmail_gateway.routes import Action, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
 from sesmail_gateway.routes.records import utc_now
@@ -74,24 +73,6 @@ def build_deliverers(config: Config, syncs: PendingSyncs, gmail: GmailDeliverer)
     }
 
 
-LOCK_NAME = "gateway.lock"
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """Hold an exclusive lock on the data dir for the daemon's life; ConfigError (exit 2) if another has it."""
-    path = data_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigError(f"gateway.data_dir: {data_dir} is in use by another sesmail-gateway (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 def seed_default_route(store: RouteStore, config: Config) -> bool:
     """On the embedded SQLite store, an empty rule table gets ``*`` → Maildir ``mail/``."""
     if not config.rules.url.startswith("sqlite://") or store.list():
@@ -110,7 +91,7 @@ class Gateway:
         self.config = config
         ensure_dir(config.data_dir)
         # Before anything else touches the data dir: one daemon per spool.
-        self._lock_fd = lock_data_dir(config.data_dir)
+        self._lock_fd = control.lock_data_dir(config.data_dir)
         self.metrics = Metrics()
         # Then the sockets, so a taken port stops start-up before anything touches the spool.
         self.metrics_server: MetricsServer | None = None
@@ -133,7 +114,7 @@ class Gateway:
         )
         self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
                                    config=config.gmail, metrics=self.metrics)
-        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens})
+        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
         self.spool.on_ready = self.runner.notify
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
@@ -178,6 +159,17 @@ class Gateway:
         """Control command from `token import` / `token refresh`: re-read the token store now."""
         released = await self.tokens.check()
         return {"ok": True, "released": released}
+
+    async def _queue_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command from `queue retry|delete|release`."""
+        try:
+            message = await self.runner.operate(str(request.get("action", "")), str(request.get("id") or ""),
+                                                every=bool(request.get("all")))
+        except QueueOpError as exc:
+            return {"ok": False, "error": str(exc)}
+        except OSError as exc:
+            return {"ok": False, "error": f"spool: {exc.strerror or exc}"}
+        return {"ok": True, "message": message}
 
     def reload(self) -> None:
         """SIGHUP: forget cached routes and re-read the token store."""

@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,11 +38,14 @@ from sesmail_gateway.message import (
     StoredMessage,
 )
 from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.queue_ops import perform
 from sesmail_gateway.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# How long an operator action waits for a delivery attempt of the same message to end.
+OPERATOR_WAIT = 5.0
 # Messages refused at DATA are kept this long for review and `queue release`.
 REJECTED_RETENTION = 30 * 86400.0
 
@@ -83,6 +87,9 @@ class Runner:
         self.poll_seconds = poll_seconds
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._known: set[str] = set()
+        # Messages someone is working on right now (a delivery attempt, an operator action).
+        self._inflight: set[str] = set()
+        self._inflight_changed = threading.Condition()
         self._timers: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,6 +128,16 @@ class Runner:
     def notify(self, queue_id: str) -> None:
         """A message was just queued in ``incoming``."""
         self._submit(INCOMING, queue_id)
+
+    async def operate(self, action: str, queue_id: str = "", every: bool = False) -> str:
+        """An operator action (retry, delete, release), never during a delivery attempt of that message."""
+        # An attempt under way on that message gets OPERATOR_WAIT seconds to end before the action is refused.
+        message, requeued = await self._run(lambda: perform(
+            self.spool, action, queue_id, every=every,
+            reserve=lambda qid: self.reserve(qid, OPERATOR_WAIT), unreserve=self.unreserve))
+        for moved in requeued:
+            self._submit(INCOMING, moved)
+        return message
 
     async def release_held(self, account: str | None = None, *, issued_after: float | None = None) -> int:
         """Move held messages back to work, oldest first; returns how many.
@@ -241,12 +258,33 @@ class Runner:
             heapq.heappush(self._timers, (item.next_attempt, item.id))
             self._wake.set()
 
+    def reserve(self, queue_id: str, wait: float = 0.0) -> bool:
+        """Keep every other attempt or action off ``queue_id``; False if one still holds it after ``wait`` s."""
+        with self._inflight_changed:
+            if not self._inflight_changed.wait_for(lambda: queue_id not in self._inflight, timeout=wait):
+                return False
+            self._inflight.add(queue_id)
+            return True
+
+    def unreserve(self, queue_id: str) -> None:
+        with self._inflight_changed:
+            self._inflight.discard(queue_id)
+            self._inflight_changed.notify_all()
+
     def _process_blocking(self, state: str, queue_id: str) -> QueueItem | None:
         """Claim → archive → deliver each pending group → settle. Runs in the delivery pool."""
+        if not self.reserve(queue_id):
+            return None  # an operator action holds it; it is submitted again afterwards
+        try:
+            return self._attempt(state, queue_id)
+        finally:
+            self.unreserve(queue_id)
+
+    def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
         try:
             item = self.spool.claim(state, queue_id)
         except SpoolError:
-            return None  # moved or deleted meanwhile (queue retry/delete, another runner)
+            return None  # moved or deleted meanwhile (queue retry/delete)
         message = StoredMessage.at(self.spool.message_path(item))
         if not item.archived and not self._archive(item, message):
             return item

@@ -130,9 +130,11 @@ class Spool:
         on_commit: Callable[[float, int], None] | None = None,
         on_ready: Callable[[str], None] | None = None,
         sweeper: bool = False,
+        create: bool = True,
     ) -> None:
+        """``create=False`` opens the spool for reading only: nothing is created on disk."""
         self.root = root
-        for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES):
+        for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES) if create else ():
             ensure_dir(root / name)
         self.syncs = PendingSyncs()  # what the runner's writers leave for the checkpoint to fsync
         self._on_commit = on_commit
@@ -390,6 +392,8 @@ class Spool:
             return sorted(e.name for e in os.scandir(self.root / state) if e.is_dir() and not e.name.startswith("."))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise SpoolError(f"cannot read {self.root / state}: {exc.strerror}") from None
 
     def items(self, state: str) -> Iterator[QueueItem]:
         for queue_id in self.ids(state):

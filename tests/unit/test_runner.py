@@ -7,9 +7,11 @@ testing MTA does); the spool, archive folder and state moves are real.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -31,6 +33,7 @@ from sesmail_gateway.message import (
     plan_deliveries,
 )
 from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.queue_ops import QueueOpError
 from sesmail_gateway.runner import Runner, backoff_delay
 from sesmail_gateway.spool import Spool, SpoolError, new_queue_id, run_checkpoints
 
@@ -210,16 +213,15 @@ async def test_held_messages_resume_oldest_first(spool: Spool, tmp_path: Path) -
     target = ScriptedTarget(dead, dead, dead)
     runner = await gmail_runner(spool, tmp_path, target, concurrency=1)  # one at a time: the order shows
     items = [gmail_item("me@gmail.test") for _ in range(3)]
-    for index, item in enumerate(reversed(items)):
-        item.created = 1000.0 + index  # queued newest first
-        await queue(spool, item)
-        await until(lambda item=item: where(spool, item.id) == HELD)  # type: ignore[misc]
+    for queued in items:
+        await queue(spool, queued)
+    await until(lambda: all(where(spool, i.id) == HELD for i in items))
     target.calls.clear()
     assert await runner.release_held("me@gmail.test", issued_after=6.0) == 3
     await until(lambda: len(target.calls) == 3)
     await runner.stop()
-    resumed = [queue_id for queue_id, _ in target.calls]
-    assert resumed == [i.id for i in sorted(items, key=lambda i: i.created)]
+    assert [queue_id for queue_id, _ in target.calls] == [i.id for i in items]
+    assert [e for e in items] == sorted(items, key=lambda i: i.created)
 
 
 async def test_a_held_account_does_not_hold_other_deliveries(spool: Spool, tmp_path: Path) -> None:
@@ -286,3 +288,47 @@ async def test_refused_messages_are_kept_thirty_days_then_deleted(spool: Spool, 
     assert where(spool, recent.id) == REJECTED
     await runner.stop()
     assert target.calls == []  # refused messages are never delivered on their own
+
+
+class BlockingTarget:
+    """Holds each delivery until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.calls = 0
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
+        self.calls += 1
+        self.entered.set()
+        assert self.go.wait(10)
+
+
+async def test_an_operator_delete_never_races_a_delivery(spool: Spool, tmp_path: Path) -> None:
+    target = BlockingTarget()
+    runner = await started(spool, tmp_path, ScriptedTarget())
+    runner.deliverers = {"maildir": target}
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await asyncio.to_thread(target.entered.wait, 10)
+    with mock.patch("sesmail_gateway.runner.OPERATOR_WAIT", 0.2), \
+            pytest.raises(QueueOpError, match="being delivered right now"):
+        await runner.operate("delete", queued.id)
+    assert where(spool, queued.id) == INCOMING  # untouched by the refused delete
+    target.go.set()
+    await until(lambda: spool.finishing(queued.id) or where(spool, queued.id) is None)
+    with pytest.raises(QueueOpError):
+        await runner.operate("delete", queued.id)  # delivered meanwhile: nothing reports a delete
+    await runner.stop()
+    assert target.calls == 1
+
+
+async def test_an_operator_retry_brings_a_dead_letter_back_at_once(spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget(PermanentFailure("no such mailbox"), None)
+    runner = await started(spool, tmp_path, target)
+    queued = make_item("a")
+    await queue(spool, queued)
+    await until(lambda: where(spool, queued.id) == DEAD)
+    assert await runner.operate("retry", queued.id) == "queued 1 message(s) for delivery now"
+    await until(lambda: len(target.calls) == 2)
+    await runner.stop()
