@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sesmail_gateway import maillog
@@ -43,6 +45,49 @@ from sesmail_gateway.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A message whose delivery attempts crash this many times is held instead of tried again.
+POISON_LIMIT = 3
+ATTEMPTS = "attempts.log"
+
+
+class AttemptLog:
+    """Which delivery attempts were under way when the daemon died, from an append-only log.
+
+    One line when an attempt starts and one when it ends, written without
+    fsync: it must survive the daemon dying (the page cache does), not a
+    power cut (which does not repeat on the same message). At start-up the
+    attempts that never ended are the ones that took the daemon down.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def interrupted(self) -> list[str]:
+        """Attempts left open by the previous run; the log starts afresh."""
+        try:
+            lines = self.path.read_bytes().decode("ascii", "replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        open_ids: dict[str, None] = {}
+        for line in lines:
+            mark, _, queue_id = line.partition(" ")
+            if mark == "S":
+                open_ids[queue_id] = None
+            elif mark == "E":
+                open_ids.pop(queue_id, None)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return list(open_ids)
+
+    def started(self, queue_id: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, f"S {queue_id}\n".encode())
+
+    def ended(self, queue_id: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, f"E {queue_id}\n".encode())
+
 
 # How long an operator action waits for a delivery attempt of the same message to end.
 OPERATOR_WAIT = 5.0
@@ -95,6 +140,7 @@ class Runner:
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency + 2, thread_name_prefix="deliver")
+        self._attempts = AttemptLog(spool.root / ATTEMPTS)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -103,6 +149,8 @@ class Runner:
         if report.resumed or report.discarded_tmp or report.corrupt:
             log.info("spool: recovered %d in-flight, discarded %d unacknowledged, set aside %d corrupt",
                      report.resumed, report.discarded_tmp, report.corrupt)
+        for queue_id in await self._run(self._attempts.interrupted):
+            await self._run(self._crashed, queue_id, "the daemon stopped during a delivery attempt")
         self._scan_incoming()
         for item in self.spool.items(DEFERRED):
             heapq.heappush(self._timers, (item.next_attempt, item.id))
@@ -234,9 +282,10 @@ class Runner:
             self._busy += 1
             try:
                 await self._process(state, queue_id)
-            except Exception:
-                # The message stays where it is (active/ is resumed at start-up); never dropped.
+            except Exception as exc:
+                # The message stays where it is; never dropped. Too many of these: held for a person.
                 log.exception("runner: unexpected error on %s", queue_id)
+                await self._run(self._crashed, queue_id, f"delivery failed unexpectedly: {type(exc).__name__}")
             finally:
                 self._busy -= 1
                 self._known.discard(queue_id)
@@ -275,10 +324,30 @@ class Runner:
         """Claim → archive → deliver each pending group → settle. Runs in the delivery pool."""
         if not self.reserve(queue_id):
             return None  # an operator action holds it; it is submitted again afterwards
+        self._attempts.started(queue_id)
         try:
             return self._attempt(state, queue_id)
         finally:
+            # Ended, whatever the outcome (an exception is counted by the caller); only a daemon that
+            # dies in the middle leaves the attempt open.
+            self._attempts.ended(queue_id)
             self.unreserve(queue_id)
+
+    def _crashed(self, queue_id: str, why: str) -> None:
+        """Count an attempt that crashed; at POISON_LIMIT the message is held for a person (``queue retry``)."""
+        try:
+            item = self.spool.find(queue_id)
+        except SpoolError:
+            return
+        item.crashes += 1
+        if item.crashes < POISON_LIMIT or item.state in (HELD, DEAD, REJECTED):
+            self.spool.save(item)
+            log.warning("runner: %s: %s (%d of %d before it is held)", queue_id, why, item.crashes, POISON_LIMIT)
+            return
+        item.reason = f"held: {why}, {item.crashes} times; `queue retry {queue_id}` tries again"
+        self.spool.save(item)
+        self.spool.move(item, HELD)
+        maillog.event("held", item.id, reason=item.reason)
 
     def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
         try:

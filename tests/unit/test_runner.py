@@ -7,6 +7,7 @@ testing MTA does); the spool, archive folder and state moves are real.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from sesmail_gateway.message import (
     INCOMING,
     PENDING,
     REJECTED,
+    SCHEMA_VERSION,
     Delivery,
     QueueItem,
     RecipientRoute,
@@ -34,7 +36,7 @@ from sesmail_gateway.message import (
 )
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.queue_ops import QueueOpError
-from sesmail_gateway.runner import Runner, backoff_delay
+from sesmail_gateway.runner import POISON_LIMIT, Runner, backoff_delay
 from sesmail_gateway.spool import Spool, SpoolError, new_queue_id, run_checkpoints
 
 
@@ -332,3 +334,57 @@ async def test_an_operator_retry_brings_a_dead_letter_back_at_once(spool: Spool,
     assert await runner.operate("retry", queued.id) == "queued 1 message(s) for delivery now"
     await until(lambda: len(target.calls) == 2)
     await runner.stop()
+
+
+async def test_a_message_that_keeps_crashing_its_delivery_is_held_not_retried_forever(
+        spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget(*[TemporaryFailure("down")] * 10)
+    runner = await started(spool, tmp_path, target)
+
+    def settle_with_a_bug(item: QueueItem) -> None:  # a runner bug that only this message triggers
+        raise KeyError("surprise")
+
+    runner._settle = settle_with_a_bug  # type: ignore[method-assign]
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await until(lambda: where(spool, queued.id) == HELD)
+    await runner.stop()
+    held = spool.find(queued.id)
+    assert len(target.calls) == POISON_LIMIT and held.crashes == POISON_LIMIT
+    assert "delivery failed unexpectedly: KeyError" in held.reason and "queue retry" in held.reason
+
+
+async def test_an_attempt_the_daemon_died_in_counts_as_a_crash(spool: Spool, tmp_path: Path) -> None:
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await spool.close()
+    # Two earlier runs died while delivering it (what they left in the attempt log).
+    (spool.root / "attempts.log").write_text(f"S {queued.id}\nS OTHER\nE OTHER\n")
+    spool.save(QueueItem.from_dict({**spool.find(queued.id).to_dict(), "crashes": POISON_LIMIT - 1}))
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    await until(lambda: where(spool, queued.id) == HELD)
+    await runner.stop()
+    assert target.calls == []
+    assert "the daemon stopped during a delivery attempt" in spool.find(queued.id).reason
+
+
+async def test_a_record_from_a_newer_version_is_delivered_not_set_aside(spool: Spool, tmp_path: Path) -> None:
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await spool.close()
+    # The record as a newer version would have written it: extra fields at every level.
+    meta = spool.root / INCOMING / queued.id / "meta.json"
+    newer = json.loads(meta.read_bytes())
+    newer.update(schema=SCHEMA_VERSION + 1, priority="bulk")
+    newer["client"]["asn"] = 64500
+    newer["recipients"][0]["notify"] = ["FAILURE"]
+    newer["deliveries"][0]["dsn_id"] = "x"
+    meta.write_text(json.dumps(newer))
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    await until(lambda: target.calls)
+    await runner.stop()
+    assert target.calls == [(queued.id, "mail")]
+    assert not list((spool.root / "corrupt").iterdir())
+    assert QueueItem.from_dict({k: v for k, v in newer.items() if k != "schema"}).schema == 1
