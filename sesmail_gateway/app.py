@@ -13,7 +13,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from sesmail_gateway import sdnotify
+from sesmail_gateway import control, sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.checks.inspector import Inspector
@@ -23,8 +23,9 @@ from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.deliver.bounce import RuleBounce
 from sesmail_gateway.deliver.gmail import GmailDeliverer
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
-from sesmail_gateway.fsutil import FilesystemSync, ensure_dir
+from sesmail_gateway.fsutil import PendingSyncs, ensure_dir
 from sesmail_gateway.metrics import Metrics, MetricsServer
+from sesmail_gateway.queue_ops import QueueOpError
 from sesmail_gateway.routes import Action, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
 from sesmail_gateway.routes.records import utc_now
@@ -43,10 +44,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAILDIR = "mail"
 
 
-def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
+def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
     scheme, _, rest = config.archive.url.partition("://")
     if scheme == "file":
-        return FolderArchiver(config.data_path(rest or "archive"), fs)
+        return FolderArchiver(config.data_path(rest or "archive"), syncs)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
 
 
@@ -64,9 +65,9 @@ def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenS
     return deliverer, store
 
 
-def build_deliverers(config: Config, fs: FilesystemSync, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
+def build_deliverers(config: Config, syncs: PendingSyncs, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
     return {
-        "maildir": MaildirDeliverer(config.data_dir, fs),
+        "maildir": MaildirDeliverer(config.data_dir, syncs),
         "bounce": RuleBounce(),
         "forward-to-gmail": gmail,
     }
@@ -89,7 +90,17 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         ensure_dir(config.data_dir)
+        # Before anything else touches the data dir: one daemon per spool.
+        self._lock_fd = control.lock_data_dir(config.data_dir)
         self.metrics = Metrics()
+        # Then the sockets, so a taken port stops start-up before anything touches the spool.
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.listen:
+            try:
+                self.metrics_server = MetricsServer(self.metrics, config.metrics.listen, self.healthy)
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
+                                  f"{exc.strerror}") from None
         self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit, sweeper=True)
         self.metrics.track_queue(self.spool.counts)
         self.store = open_route_store(config)
@@ -97,13 +108,13 @@ class Gateway:
         self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
         self.gmail, token_store = open_gmail(config, self.metrics)
         self.runner = Runner(
-            spool=self.spool, archiver=open_archiver(config, self.spool.fs),
-            deliverers=build_deliverers(config, self.spool.fs, self.gmail),
+            spool=self.spool, archiver=open_archiver(config, self.spool.syncs),
+            deliverers=build_deliverers(config, self.spool.syncs, self.gmail),
             config=config.delivery, metrics=self.metrics,
         )
         self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
                                    config=config.gmail, metrics=self.metrics)
-        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens})
+        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
         self.spool.on_ready = self.runner.notify
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
@@ -116,7 +127,6 @@ class Gateway:
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
-        self.metrics_server: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
         self._token_watch: asyncio.Task[None] | None = None
@@ -129,25 +139,37 @@ class Gateway:
             return False, "smtp worker(s) down"
         if not os.access(self.spool.root / "tmp", os.W_OK):
             return False, "spool not writable"
+        if self.spool.syncs.failed is not None:
+            return False, f"spool fsync failed ({self.spool.syncs.failed.strerror}): journals kept for a restart"
         return True, f"queue {self.spool.counts()}"
 
     async def start(self) -> None:
-        await self.runner.start()
+        await self.control.start()
+        await self.runner.start()  # recovery, then delivery
         self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
         self._token_watch = asyncio.create_task(self.tokens.run())
-        await self.control.start()
         if self.smtp is not None:
             self.bound = await self.smtp.start()
         if self.pool is not None:
             await self.pool.start(abort=self._stop)
-        if self.config.metrics.listen:
-            self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
+        if self.metrics_server is not None:
             self.metrics_server.start()
 
     async def _reload_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command from `token import` / `token refresh`: re-read the token store now."""
         released = await self.tokens.check()
         return {"ok": True, "released": released}
+
+    async def _queue_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command from `queue retry|delete|release`."""
+        try:
+            message = await self.runner.operate(str(request.get("action", "")), str(request.get("id") or ""),
+                                                every=bool(request.get("all")))
+        except QueueOpError as exc:
+            return {"ok": False, "error": str(exc)}
+        except OSError as exc:
+            return {"ok": False, "error": f"spool: {exc.strerror or exc}"}
+        return {"ok": True, "message": message}
 
     def reload(self) -> None:
         """SIGHUP: forget cached routes and re-read the token store."""

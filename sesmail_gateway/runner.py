@@ -13,10 +13,13 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sesmail_gateway import maillog
@@ -37,11 +40,57 @@ from sesmail_gateway.message import (
     StoredMessage,
 )
 from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.queue_ops import perform
 from sesmail_gateway.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A message whose delivery attempts crash this many times is held instead of tried again.
+POISON_LIMIT = 3
+ATTEMPTS = "attempts.log"
+
+
+class AttemptLog:
+    """Which delivery attempts were under way when the daemon died, from an append-only log.
+
+    One line when an attempt starts and one when it ends, written without
+    fsync: it must survive the daemon dying (the page cache does), not a
+    power cut (which does not repeat on the same message). At start-up the
+    attempts that never ended are the ones that took the daemon down.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def interrupted(self) -> list[str]:
+        """Attempts left open by the previous run; the log starts afresh."""
+        try:
+            lines = self.path.read_bytes().decode("ascii", "replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        open_ids: dict[str, None] = {}
+        for line in lines:
+            mark, _, queue_id = line.partition(" ")
+            if mark == "S":
+                open_ids[queue_id] = None
+            elif mark == "E":
+                open_ids.pop(queue_id, None)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return list(open_ids)
+
+    def started(self, queue_id: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, f"S {queue_id}\n".encode())
+
+    def ended(self, queue_id: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, f"E {queue_id}\n".encode())
+
+
+# How long an operator action waits for a delivery attempt of the same message to end.
+OPERATOR_WAIT = 5.0
 # Messages refused at DATA are kept this long for review and `queue release`.
 REJECTED_RETENTION = 30 * 86400.0
 
@@ -83,11 +132,15 @@ class Runner:
         self.poll_seconds = poll_seconds
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._known: set[str] = set()
+        # Messages someone is working on right now (a delivery attempt, an operator action).
+        self._inflight: set[str] = set()
+        self._inflight_changed = threading.Condition()
         self._timers: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency + 2, thread_name_prefix="deliver")
+        self._attempts = AttemptLog(spool.root / ATTEMPTS)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -96,6 +149,8 @@ class Runner:
         if report.resumed or report.discarded_tmp or report.corrupt:
             log.info("spool: recovered %d in-flight, discarded %d unacknowledged, set aside %d corrupt",
                      report.resumed, report.discarded_tmp, report.corrupt)
+        for queue_id in await self._run(self._attempts.interrupted):
+            await self._run(self._crashed, queue_id, "the daemon stopped during a delivery attempt")
         self._scan_incoming()
         for item in self.spool.items(DEFERRED):
             heapq.heappush(self._timers, (item.next_attempt, item.id))
@@ -121,6 +176,16 @@ class Runner:
     def notify(self, queue_id: str) -> None:
         """A message was just queued in ``incoming``."""
         self._submit(INCOMING, queue_id)
+
+    async def operate(self, action: str, queue_id: str = "", every: bool = False) -> str:
+        """An operator action (retry, delete, release), never during a delivery attempt of that message."""
+        # An attempt under way on that message gets OPERATOR_WAIT seconds to end before the action is refused.
+        message, requeued = await self._run(lambda: perform(
+            self.spool, action, queue_id, every=every,
+            reserve=lambda qid: self.reserve(qid, OPERATOR_WAIT), unreserve=self.unreserve))
+        for moved in requeued:
+            self._submit(INCOMING, moved)
+        return message
 
     async def release_held(self, account: str | None = None, *, issued_after: float | None = None) -> int:
         """Move held messages back to work, oldest first; returns how many.
@@ -165,7 +230,7 @@ class Runner:
     # -- feeding -----------------------------------------------------------
 
     def _submit(self, state: str, queue_id: str) -> None:
-        if queue_id not in self._known:
+        if queue_id not in self._known and not self.spool.finishing(queue_id):
             self._known.add(queue_id)
             self._queue.put_nowait((state, queue_id))
 
@@ -217,9 +282,10 @@ class Runner:
             self._busy += 1
             try:
                 await self._process(state, queue_id)
-            except Exception:
-                # The message stays where it is (active/ is resumed at start-up); never dropped.
+            except Exception as exc:
+                # The message stays where it is; never dropped. Too many of these: held for a person.
                 log.exception("runner: unexpected error on %s", queue_id)
+                await self._run(self._crashed, queue_id, f"delivery failed unexpectedly: {type(exc).__name__}")
             finally:
                 self._busy -= 1
                 self._known.discard(queue_id)
@@ -241,12 +307,53 @@ class Runner:
             heapq.heappush(self._timers, (item.next_attempt, item.id))
             self._wake.set()
 
+    def reserve(self, queue_id: str, wait: float = 0.0) -> bool:
+        """Keep every other attempt or action off ``queue_id``; False if one still holds it after ``wait`` s."""
+        with self._inflight_changed:
+            if not self._inflight_changed.wait_for(lambda: queue_id not in self._inflight, timeout=wait):
+                return False
+            self._inflight.add(queue_id)
+            return True
+
+    def unreserve(self, queue_id: str) -> None:
+        with self._inflight_changed:
+            self._inflight.discard(queue_id)
+            self._inflight_changed.notify_all()
+
     def _process_blocking(self, state: str, queue_id: str) -> QueueItem | None:
         """Claim → archive → deliver each pending group → settle. Runs in the delivery pool."""
+        if not self.reserve(queue_id):
+            return None  # an operator action holds it; it is submitted again afterwards
+        self._attempts.started(queue_id)
+        try:
+            return self._attempt(state, queue_id)
+        finally:
+            # Ended, whatever the outcome (an exception is counted by the caller); only a daemon that
+            # dies in the middle leaves the attempt open.
+            self._attempts.ended(queue_id)
+            self.unreserve(queue_id)
+
+    def _crashed(self, queue_id: str, why: str) -> None:
+        """Count an attempt that crashed; at POISON_LIMIT the message is held for a person (``queue retry``)."""
+        try:
+            item = self.spool.find(queue_id)
+        except SpoolError:
+            return
+        item.crashes += 1
+        if item.crashes < POISON_LIMIT or item.state in (HELD, DEAD, REJECTED):
+            self.spool.save(item)
+            log.warning("runner: %s: %s (%d of %d before it is held)", queue_id, why, item.crashes, POISON_LIMIT)
+            return
+        item.reason = f"held: {why}, {item.crashes} times; `queue retry {queue_id}` tries again"
+        self.spool.save(item)
+        self.spool.move(item, HELD)
+        maillog.event("held", item.id, reason=item.reason)
+
+    def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
         try:
             item = self.spool.claim(state, queue_id)
         except SpoolError:
-            return None  # moved or deleted meanwhile (queue retry/delete, another runner)
+            return None  # moved or deleted meanwhile (queue retry/delete)
         message = StoredMessage.at(self.spool.message_path(item))
         if not item.archived and not self._archive(item, message):
             return item
