@@ -8,7 +8,7 @@ address and caches the answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,8 +85,13 @@ class RouteStore(Protocol):
         """Every raw record (plain Python values), routes and others, for export."""
         ...
 
-    def put_items(self, items: Sequence[dict[str, object]]) -> int:
-        """Write raw records (plain Python values) as they are, for import."""
+    def put_items(
+        self, items: Sequence[dict[str, object]], progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Write raw records (plain Python values) as they are, for import.
+
+        ``progress(done, total)`` is called as batches are written.
+        """
         ...
 
     # Declared after every annotation that says ``list[...]``: inside the

@@ -106,12 +106,16 @@ class SqliteRouteStore:
             rows = conn.execute("SELECT pk, sk, body FROM items ORDER BY pk, sk").fetchall()
             return [self._item(row) for row in rows]
 
-    def put_items(self, items: Sequence[Mapping[str, object]]) -> int:
-        """Write raw records as they are, all or none; returns how many."""
+    def put_items(
+        self, items: Sequence[Mapping[str, object]], progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Write raw records as they are, all or none (one transaction); returns how many."""
         with self._connection() as conn:
             rows = [_row(item) for item in items]
             with _transaction(conn):
                 conn.executemany(_UPSERT, rows)
+        if progress is not None:
+            progress(len(rows), len(rows))
         return len(rows)
 
     # After scan_items: in the class body ``list`` names this method from here on.
