@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from sesmail_gateway import sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.archive.s3 import S3Archiver
 from sesmail_gateway.checks.inspector import Inspector
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.deliver import Deliverer
@@ -43,6 +44,11 @@ def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
     scheme, _, rest = config.archive.url.partition("://")
     if scheme == "file":
         return FolderArchiver(config.data_path(rest or "archive"), fs)
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ConfigError(f"archive.url: expected s3://BUCKET/PREFIX, got {config.archive.url!r}")
+        return S3Archiver(bucket, prefix, aws_config=config.aws, kms_key_id=config.archive.kms_key_id)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
 
 

@@ -33,10 +33,36 @@ class TokenExpired(DeliveryError):
 _PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL}
 
 
+# AWS error codes that no retry will cure (missing or forbidden resources, bad requests).
+# Everything else from AWS (throttling, 5xx, network) is temporary.
+_PERMANENT_AWS_CODES = {
+    "AccessDenied", "AccessDeniedException", "NoSuchBucket", "InvalidBucketName", "InvalidArgument",
+    "InvalidRequest", "ValidationException", "ValidationError", "InvalidParameterValue",
+    "MessageRejected", "MailFromDomainNotVerifiedException", "NotFoundException",
+    "KMS.NotFoundException", "KMS.DisabledException", "ResourceNotFoundException",
+}
+
+
+def _classify_aws(exc: BaseException) -> DeliveryError | None:
+    """botocore's ClientError by error code; its connection and timeout errors are temporary."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        kind = PermanentFailure if code in _PERMANENT_AWS_CODES else TemporaryFailure
+        return kind(str(exc))
+    if isinstance(exc, BotoCoreError):
+        return TemporaryFailure(f"{type(exc).__name__}: {exc}")
+    return None
+
+
 def classify(exc: BaseException) -> DeliveryError:
     """Map any exception to a DeliveryError; unknown means temporary."""
     if isinstance(exc, DeliveryError):
         return exc
+    aws_error = _classify_aws(exc)
+    if aws_error is not None:
+        return aws_error
     if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
         return PermanentFailure(f"{type(exc).__name__}: {exc}")
     return TemporaryFailure(f"{type(exc).__name__}: {exc}")
