@@ -36,13 +36,13 @@ def make_item(queue_id: str = "Q1a2b3c", recipients: list[str] | None = None, se
 
 
 def spooled(tmp_path: Path, size: int) -> StoredMessage:
-    """A spool file of ``size`` bytes; ``data`` is left empty to prove the archive streams from the file."""
+    """A spool file of ``size`` bytes."""
     path = tmp_path / "message.eml"
     header = b"From: a@sender.test\r\nSubject: archive\r\n\r\n"
     with path.open("wb") as handle:
         handle.write(header)
         handle.write(os.urandom(max(0, size - len(header))))
-    return StoredMessage(b"", path)
+    return StoredMessage.at(path)
 
 
 @pytest.fixture
