@@ -16,6 +16,8 @@ from sesmail_gateway import sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.archive.s3 import S3Archiver
+from sesmail_gateway.bounce import Bouncer
+from sesmail_gateway.bounce.ses import SesSender
 from sesmail_gateway.checks.inspector import Inspector
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.deliver import Deliverer
@@ -50,6 +52,14 @@ def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
             raise ConfigError(f"archive.url: expected s3://BUCKET/PREFIX, got {config.archive.url!r}")
         return S3Archiver(bucket, prefix, aws_config=config.aws, kms_key_id=config.archive.kms_key_id)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
+
+
+def open_bouncer(config: Config, spool: Spool) -> Bouncer | None:
+    """With ``bounce.mode = "dsn"``, dead letters may earn a DSN sent through SES."""
+    if config.bounce.mode != "dsn":
+        return None
+    return Bouncer(sender=SesSender(config.aws), from_address=config.bounce.sender,
+                   reporting_mta=config.gateway.hostname, message_path=spool.message_path)
 
 
 class _NotConfigured:
@@ -96,7 +106,7 @@ class Gateway:
         self.runner = Runner(
             spool=self.spool, archiver=open_archiver(config, self.spool.fs),
             deliverers=build_deliverers(config, self.spool.fs),
-            config=config.delivery, metrics=self.metrics,
+            config=config.delivery, metrics=self.metrics, bouncer=open_bouncer(config, self.spool),
         )
         self.spool.on_ready = self.runner.notify
         # One worker: SMTP runs in this process. More: worker processes share the port.
