@@ -18,7 +18,6 @@ mail does not hammer Google's token endpoint.
 
 from __future__ import annotations
 
-import calendar
 import json
 import logging
 import secrets
@@ -31,6 +30,7 @@ from typing import Any
 from sesmail_gateway.errors import PermanentFailure, TemporaryFailure, TokenExpired, classify
 from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
 from sesmail_gateway.tokens import ClientCredentials, StoredToken, TokenStore
+from sesmail_gateway.tokens.oauth import refresh_access_token
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ SYSTEM_LABELS = frozenset({
     "INBOX", "SPAM", "TRASH", "UNREAD", "STARRED", "IMPORTANT", "SENT", "DRAFT", "CHAT",
     "CATEGORY_PERSONAL", "CATEGORY_SOCIAL", "CATEGORY_PROMOTIONS", "CATEGORY_UPDATES", "CATEGORY_FORUMS",
 })
-LABELS_SCOPE = "https://www.googleapis.com/auth/gmail.labels"
 
 # Up to this size a message goes in one multipart request; above it, resumable upload.
 SIMPLE_UPLOAD_MAX = 5 * 1024 * 1024
@@ -77,11 +76,6 @@ def _as_multipart(request: Any, metadata: dict[str, Any], raw: bytes) -> None:
     request.body_size = len(body)
     request.headers["content-type"] = f'multipart/related; boundary="{boundary}"'
     request.headers["content-length"] = str(len(body))
-
-
-def labels_need_scope(names: Iterable[str]) -> bool:
-    """True when a configured label is a name (looked up and created: needs gmail.labels)."""
-    return any(name not in SYSTEM_LABELS for name in names)
 
 
 class TokenBucket:
@@ -244,24 +238,8 @@ class GmailDeliverer:
             return account.access_token
 
     def _refresh(self, token: StoredToken) -> tuple[str, float]:
-        from google.auth.transport.requests import Request
-        from google.oauth2.credentials import Credentials
-
-        client = self._client_loader()
-        client_id = token.client_id or (client.client_id if client else "")
-        client_secret = token.client_secret or (client.client_secret if client else "")
-        if not client_id:
-            raise TemporaryFailure("no OAuth client for Gmail: set gmail.client_secrets or store "
-                                   "client_secret.json in the token store")
-        token_uri = self.token_uri or (client.token_uri if client else "") or "https://oauth2.googleapis.com/token"
-        credentials = Credentials(  # type: ignore[no-untyped-call]
-            token=None, refresh_token=token.refresh_token, token_uri=token_uri,
-            client_id=client_id, client_secret=client_secret)
-        credentials.refresh(Request(self._session()))  # type: ignore[no-untyped-call]
-        # google-auth keeps the expiry as a naive UTC datetime.
-        expiry = credentials.expiry
-        expires_at = float(calendar.timegm(expiry.timetuple())) if expiry else self.clock() + 3600.0
-        return str(credentials.token), expires_at
+        return refresh_access_token(token, self._client_loader(), token_uri=self.token_uri,
+                                    session=self._session(), now=self.clock)
 
     def _with_token(self, account: _Account, call: Callable[[Any], Any]) -> Any:
         """Run ``call`` with an authorised http; on a 401, refresh the access token once and retry."""
