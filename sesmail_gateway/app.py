@@ -20,6 +20,7 @@ from sesmail_gateway.archive.s3 import S3Archiver
 from sesmail_gateway.bounce import Bouncer
 from sesmail_gateway.bounce.ses import SesSender
 from sesmail_gateway.checks.inspector import Inspector
+from sesmail_gateway.cloudwatch import CloudWatchPublisher
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.control import ControlServer
 from sesmail_gateway.deliver import Deliverer
@@ -133,6 +134,7 @@ class Gateway:
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
         self.metrics_server: MetricsServer | None = None
+        self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
         self._token_watch: asyncio.Task[None] | None = None
@@ -159,6 +161,10 @@ class Gateway:
         if self.config.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
             self.metrics_server.start()
+        if self.config.metrics.cloudwatch_namespace:
+            self.cloudwatch = CloudWatchPublisher(self.metrics.registry, self.config.metrics.cloudwatch_namespace,
+                                                  aws_config=self.config.aws)
+            self.cloudwatch.start()
 
     async def _reload_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command from `token import` / `token refresh`: re-read the token store now."""
@@ -194,6 +200,8 @@ class Gateway:
         await self.spool.close()
         if self.metrics_server:
             self.metrics_server.stop()
+        if self.cloudwatch is not None:  # one last publish, off the loop
+            await asyncio.to_thread(self.cloudwatch.stop)
         self.store.close()
         log.info("shutdown: done")
 
