@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
-from sesmail_gateway.cli import queue, routes, serve
+from sesmail_gateway.cli import queue, routes, serve, smtp_users
 from sesmail_gateway.cli.common import CliError, common_parser
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub, common)
     routes.register(sub, common)
     queue.register(sub, common)
+    smtp_users.register(sub, common)
     return parser
 
 
