@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
-from sesmail_gateway.cli import queue, routes, serve, smtp_users
+from sesmail_gateway.cli import dns, queue, routes, serve, smtp_users
 from sesmail_gateway.cli.common import CliError, common_parser
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     routes.register(sub, common)
     queue.register(sub, common)
     smtp_users.register(sub, common)
+    dns.register(sub, common)
     return parser
 
 
