@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
-from sesmail_gateway.cli import dns, queue, routes, serve, smtp_users
+from sesmail_gateway.cli import dns, outbound, queue, routes, serve, smtp_users
 from sesmail_gateway.cli.common import CliError, common_parser
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(sub, common)
     smtp_users.register(sub, common)
     dns.register(sub, common)
+    outbound.register(sub, common)
     return parser
 
 
