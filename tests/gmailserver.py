@@ -19,6 +19,7 @@ Failures are scripted per account (``fail_next``), as Mailman's testing MTA does
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.parser
 import email.policy
@@ -26,6 +27,7 @@ import ipaddress
 import json
 import secrets
 import ssl
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -40,6 +42,17 @@ from cryptography.x509.oid import NameOID
 
 CLIENT_ID = "test-client.apps.googleusercontent.test"
 CLIENT_SECRET = "test-client-secret-c0ffee"
+
+
+_CERTIFICATE: tuple[Path, Path] | None = None
+
+
+def certificate() -> tuple[Path, Path]:
+    """One certificate per test process: httplib2 reads HTTPLIB2_CA_CERTS once, at import."""
+    global _CERTIFICATE
+    if _CERTIFICATE is None:
+        _CERTIFICATE = make_certificate(Path(tempfile.mkdtemp(prefix="gmail-test-cert-")))
+    return _CERTIFICATE
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -84,8 +97,8 @@ class Upload:
 
 
 class GmailTestServer:
-    def __init__(self, folder: Path) -> None:
-        self.cert, self.key = make_certificate(folder)
+    def __init__(self, folder: Path | None = None) -> None:
+        self.cert, self.key = certificate()
         self.lock = threading.Lock()
         self.refresh_tokens: dict[str, str] = {}   # refresh token -> account
         self.access_tokens: dict[str, str] = {}    # access token -> account
@@ -298,6 +311,11 @@ def _handler_for(state: GmailTestServer) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             if path == "/token":
                 form = dict(urllib.parse.parse_qsl(body.decode()))
+                basic = self.headers.get("authorization", "")
+                if basic.startswith("Basic "):  # client authentication as RFC 6749 2.3.1 prefers
+                    user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+                    form.setdefault("client_id", urllib.parse.unquote(user))
+                    form.setdefault("client_secret", urllib.parse.unquote(password))
                 status, answer = state.token_grant(form)
                 self._send(status, answer)
                 return

@@ -99,7 +99,7 @@ class TokenBucket:
                 now = self.clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
-                if self._tokens >= cost:
+                if self._tokens >= cost - 1e-9:  # float refill may land a hair short
                     self._tokens -= cost
                     return waited
                 pause = (cost - self._tokens) / self.rate

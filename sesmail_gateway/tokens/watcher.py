@@ -113,7 +113,7 @@ class TokenWatcher:
     def _expiry(self, account: str, token: StoredToken, now: float) -> None:
         left = seconds_left(token, self.config.refresh_token_lifetime, now)
         self.metrics.gmail_token_seconds_left.labels(account=account).set(left)
-        for threshold in (*WARN_BEFORE, 0.0):
+        for threshold in (0.0, *sorted(WARN_BEFORE)):  # the nearest threshold crossed, once
             key = (account, token.issued_at, threshold)
             if left <= threshold and key not in self._warned:
                 self._warned.add(key)
