@@ -1,62 +1,14 @@
-"""AWS fixtures: one moto server (S3, DynamoDB, SSM, SES, KMS, CloudWatch) on 127.0.0.1 per test session.
-
-Everything talks to it through real boto3 clients over HTTP. Moto keeps its
-state in this process, so a second server started by a test (to stop and
-restart it) sees the same tables and buckets. Names are unique per test.
-"""
+"""Fixtures of the AWS tests: the session's moto server, unique names, a rule table (see motoserver.py)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from sesmail_gateway.config import AwsConfig
-from tests.conftest import free_port
-
-REGION = "us-east-1"
-# Dummy credentials: moto accepts any; nothing here can reach AWS.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}
-
-
-@dataclass
-class Moto:
-    url: str
-    server: ThreadedMotoServer
-    port: int
-
-    @property
-    def aws_config(self) -> AwsConfig:
-        return AwsConfig(region=REGION, endpoint_url=self.url)
-
-    @property
-    def aws_section(self) -> dict[str, str]:
-        """The ``[aws]`` config section pointing at this server."""
-        return {"region": REGION, "endpoint_url": self.url}
-
-    def client(self, service: str) -> Any:
-        return boto3.client(service, region_name=REGION, endpoint_url=self.url)  # type: ignore[call-overload]
-
-
-def start_moto(port: int | None = None) -> Moto:
-    chosen = port or free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=chosen, verbose=False)
-    server.start()
-    return Moto(f"http://127.0.0.1:{chosen}", server, chosen)
-
-
-def stop_moto(server: Moto) -> None:
-    """Stop serving and close the listening socket, so clients get "connection refused"."""
-    server.server.stop()
-    if server.server._server is not None:
-        server.server._server.server_close()
+from tests.aws.motoserver import CREDENTIALS, Moto, create_rule_table, start_moto, stop_moto
 
 
 @pytest.fixture(scope="session")
@@ -83,15 +35,6 @@ def unique() -> Callable[[str], str]:
     return make
 
 
-def create_rule_table(moto: Moto, name: str) -> str:
-    """A table shaped like the seed system's: string PK and SK, on-demand."""
-    moto.client("dynamodb").create_table(
-        TableName=name, BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "PK", "AttributeType": "S"},
-                              {"AttributeName": "SK", "AttributeType": "S"}],
-    )
-    return name
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sesmail_gateway.archive.s3 import S3Archiver, object_key, object_metadata
 from sesmail_gateway.config import AwsConfig
 from sesmail_gateway.errors import PermanentFailure, TemporaryFailure, classify
 from sesmail_gateway.message import Client, QueueItem, RecipientRoute, StoredMessage
-from tests.aws.conftest import REGION, Moto
+from tests.aws.motoserver import REGION, Moto
 from tests.conftest import Gateway, free_port, wait_for
 
 CREATED = 1767225600.0  # 2026-01-01T00:00:00Z

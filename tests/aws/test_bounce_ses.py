@@ -10,7 +10,7 @@ from typing import Any
 from moto.backends import get_backend
 from moto.core import DEFAULT_ACCOUNT_ID
 
-from tests.aws.conftest import REGION, Moto
+from tests.aws.motoserver import REGION, Moto
 from tests.conftest import Gateway, wait_for
 
 MESSAGE = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: will bounce\r\n"

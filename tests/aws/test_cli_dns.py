@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.aws.conftest import Moto
+from tests.aws.motoserver import Moto
 from tests.conftest import run_cli, write_config
 from tests.dnsserver import TestDNSServer
 

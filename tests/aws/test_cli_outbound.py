@@ -12,7 +12,7 @@ import pytest
 
 from sesmail_gateway import aws
 from sesmail_gateway.cli import main
-from tests.aws.conftest import Moto
+from tests.aws.motoserver import Moto
 from tests.conftest import run_cli, write_config
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.aws.conftest import Moto
+from tests.aws.motoserver import Moto
 from tests.conftest import run_cli, write_config
 
 
@@ -79,7 +79,7 @@ def test_a_thousand_rule_import_reports_progress_and_exports_back(
     exported = json.loads(run_cli(config, "routes", "export").stdout)
     second = tmp_path / "second"
     second.mkdir()
-    from tests.aws.conftest import create_rule_table
+    from tests.aws.motoserver import create_rule_table
     other = config_for(second, moto, create_rule_table(moto, unique("copy")))
     (second / "scan.json").write_text(json.dumps(exported))
     run_cli(other, "routes", "import", str(second / "scan.json"))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.aws.conftest import Moto, create_rule_table
+from tests.aws.motoserver import Moto, create_rule_table
 from tests.conftest import run_cli, write_config
 
 

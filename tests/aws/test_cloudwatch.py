@@ -10,7 +10,7 @@ from typing import Any
 from sesmail_gateway.cloudwatch import CloudWatchPublisher
 from sesmail_gateway.config import AwsConfig
 from sesmail_gateway.metrics import Metrics
-from tests.aws.conftest import REGION, Moto
+from tests.aws.motoserver import REGION, Moto
 from tests.conftest import Gateway, free_port
 
 

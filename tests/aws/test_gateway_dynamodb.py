@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.aws.conftest import Moto, start_moto, stop_moto
+from tests.aws.motoserver import Moto, start_moto, stop_moto
 from tests.conftest import Gateway, wait_for
 
 MESSAGE = b"From: s@elsewhere.test\r\nSubject: routed by dynamodb\r\n\r\nbody\r\n"

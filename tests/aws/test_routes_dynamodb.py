@@ -10,7 +10,7 @@ from sesmail_gateway.config import AwsConfig
 from sesmail_gateway.routes import Action, RouteStoreError, Rule
 from sesmail_gateway.routes.dynamodb import DynamoRouteStore
 from sesmail_gateway.routes.resolver import RouteResolver
-from tests.aws.conftest import REGION, Moto
+from tests.aws.motoserver import REGION, Moto
 from tests.conftest import free_port
 
 

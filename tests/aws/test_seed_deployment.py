@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.aws.conftest import Moto
+from tests.aws.motoserver import Moto
 from tests.conftest import Gateway, wait_for
 from tests.gmailserver import GmailTestServer
 

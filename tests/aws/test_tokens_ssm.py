@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httplib2
 import pytest
 
 from sesmail_gateway.config import AwsConfig, Config, GmailConfig
@@ -15,7 +16,7 @@ from sesmail_gateway.message import Delivery, QueueItem, RecipientRoute, StoredM
 from sesmail_gateway.tokens import StoredToken, TokenStoreError
 from sesmail_gateway.tokens.factory import open_token_store
 from sesmail_gateway.tokens.ssm import SsmTokenStore, account_of, parameter_suffix
-from tests.aws.conftest import REGION, Moto
+from tests.aws.motoserver import REGION, Moto
 from tests.conftest import free_port
 from tests.gmailserver import GmailTestServer
 
@@ -116,6 +117,8 @@ def gmail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTest
     server = GmailTestServer(tmp_path).start()
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
+    # httplib2 reads HTTPLIB2_CA_CERTS once, when first imported (maybe by another test module).
+    monkeypatch.setattr(httplib2, "CA_CERTS", str(server.cert))
     yield server
     server.stop()
 
