@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ def moto() -> Iterator[Moto]:
     os.environ.update(CREDENTIALS)
     os.environ.pop("AWS_PROFILE", None)
     os.environ["AWS_CONFIG_FILE"] = os.devnull
+    # moto's request log would mix into the output of commands run in this process.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = start_moto()
     yield server
     stop_moto(server)

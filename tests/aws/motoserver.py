@@ -7,7 +7,10 @@ restart it) sees the same tables and buckets. Names are unique per test.
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -64,3 +67,26 @@ def create_rule_table(moto: Moto, name: str) -> str:
                               {"AttributeName": "SK", "AttributeType": "S"}],
     )
     return name
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(config: Path, *args: str, check: bool = True) -> CliResult:
+    """The real command line, run in this process (a subprocess costs seconds of imports per call)."""
+    from sesmail_gateway.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([*args, "--config", str(config)])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    result = CliResult(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"cli {args} failed ({code}): {result.stderr}")
+    return result

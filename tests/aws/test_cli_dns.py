@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.aws.motoserver import Moto
+from tests.aws.motoserver import Moto, cli
 from tests.conftest import run_cli, write_config
 from tests.dnsserver import TestDNSServer
 
@@ -31,7 +31,7 @@ def config_for(tmp_path: Path, moto: Moto, server: TestDNSServer) -> Path:
 
 
 def check(config: Path, domain: str) -> tuple[int, dict[str, Any]]:
-    done = run_cli(config, "dns", "check", domain, "--json", check=False)
+    done = cli(config, "dns", "check", domain, "--json", check=False)
     return done.returncode, json.loads(done.stdout)
 
 
@@ -53,7 +53,7 @@ def test_a_complete_domain_passes(tmp_path: Path, moto: Moto, dns_zone: TestDNSS
                         *[("SES DKIM", "ok")] * len(tokens), ("MTA-STS", "absent"), ("TLS-RPT", "ok")]
     spf = report["checks"][1]["detail"]
     assert "authorises SES" in spf and "/10 DNS lookups" in spf
-    text = run_cli(config, "dns", "check", "good.test").stdout
+    text = cli(config, "dns", "check", "good.test").stdout
     assert text.endswith("all required records are in place\n")
 
 

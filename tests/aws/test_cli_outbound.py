@@ -12,7 +12,7 @@ import pytest
 
 from sesmail_gateway import aws
 from sesmail_gateway.cli import main
-from tests.aws.motoserver import Moto
+from tests.aws.motoserver import Moto, cli
 from tests.conftest import run_cli, write_config
 
 
@@ -60,7 +60,7 @@ def test_quota_rates_over_the_line_and_alarms(tmp_path: Path, moto: Moto, unique
     # moto server implements neither GetAccount nor ListSuppressedDestinations: shown as unavailable.
     assert "error" in report["account"] and "error" in report["suppression"]
 
-    text = run_cli(config, "outbound", "status", check=False).stdout
+    text = cli(config, "outbound", "status", check=False).stdout
     assert "bounce rate: 6.000 % (line 5 %) OVER THE SES REVIEW LINE" in text
     assert text.splitlines()[-1].startswith("PROBLEMS: bounce rate over the SES review line")
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.aws.motoserver import Moto
+from tests.aws.motoserver import Moto, cli
 from tests.conftest import run_cli, write_config
 
 
@@ -19,15 +19,15 @@ def config_for(tmp_path: Path, moto: Moto, table: str) -> Path:
 
 
 def as_json(config: Path, *args: str) -> Any:
-    return json.loads(run_cli(config, *args, "--json").stdout)
+    return json.loads(cli(config, *args, "--json").stdout)
 
 
 def test_every_routes_command_round_trips_on_dynamodb(tmp_path: Path, moto: Moto, rule_table: str) -> None:
     config = config_for(tmp_path, moto, rule_table)
-    added = run_cli(config, "routes", "add", "Alice@Example.test", "--action", "forward-to-gmail",
+    added = cli(config, "routes", "add", "Alice@Example.test", "--action", "forward-to-gmail",
                     "--target", "alice@gmail.com", "--action", "store", "--description", "Alice").stdout
     assert added == "added route alice@example.test: forward-to-gmail -> alice@gmail.com, store\n"
-    run_cli(config, "routes", "add", "*@example.test", "--action", "bounce", "--disabled")
+    cli(config, "routes", "add", "*@example.test", "--action", "bounce", "--disabled")
 
     listed = as_json(config, "routes", "list")
     assert [r["recipient"] for r in listed] == ["*@example.test", "alice@example.test"]
@@ -36,17 +36,17 @@ def test_every_routes_command_round_trips_on_dynamodb(tmp_path: Path, moto: Moto
                                                                        "SK": {"S": "RULE#v1"}})["Item"]
     assert raw["entity_type"] == {"S": "ROUTE"} and len(raw["actions"]["L"]) == 2
 
-    assert run_cli(config, "routes", "enable", "*@example.test").stdout == "enabled route *@example.test\n"
+    assert cli(config, "routes", "enable", "*@example.test").stdout == "enabled route *@example.test\n"
     assert as_json(config, "routes", "get", "*@example.test")["enabled"] is True
     tested = as_json(config, "routes", "test", "bob@example.test")
     assert (tested["pattern"], tested["level"]) == ("*@example.test", "domain")
-    run_cli(config, "routes", "disable", "*@example.test")
-    assert run_cli(config, "routes", "delete", "*@example.test").stdout == "deleted route *@example.test\n"
-    missing = run_cli(config, "routes", "get", "*@example.test", check=False)
+    cli(config, "routes", "disable", "*@example.test")
+    assert cli(config, "routes", "delete", "*@example.test").stdout == "deleted route *@example.test\n"
+    missing = cli(config, "routes", "get", "*@example.test", check=False)
     assert missing.returncode == 1 and missing.stderr == "sesmail-gateway: no route for *@example.test\n"
 
     exported = tmp_path / "backup.json"
-    run_cli(config, "routes", "export", str(exported))
+    cli(config, "routes", "export", str(exported))
     document = json.loads(exported.read_text())
     assert document["Count"] == 1 and document["Items"][0]["PK"] == {"S": "ROUTE#alice@example.test"}
 
@@ -76,19 +76,19 @@ def test_a_thousand_rule_import_reports_progress_and_exports_back(
     assert rule["actions"] == [{"type": "forward-to-gmail", "target": "user0999@gmail.com"}]
 
     # Round trip into a second table: the export imports back unchanged.
-    exported = json.loads(run_cli(config, "routes", "export").stdout)
+    exported = json.loads(cli(config, "routes", "export").stdout)
     second = tmp_path / "second"
     second.mkdir()
     from tests.aws.motoserver import create_rule_table
     other = config_for(second, moto, create_rule_table(moto, unique("copy")))
     (second / "scan.json").write_text(json.dumps(exported))
-    run_cli(other, "routes", "import", str(second / "scan.json"))
-    assert json.loads(run_cli(other, "routes", "export").stdout) == exported
+    cli(other, "routes", "import", str(second / "scan.json"))
+    assert json.loads(cli(other, "routes", "export").stdout) == exported
 
 
 def test_unreachable_table_is_one_line(tmp_path: Path, moto: Moto) -> None:
     config = config_for(tmp_path, moto, "no-such-table")
-    done = run_cli(config, "routes", "list", check=False)
+    done = cli(config, "routes", "list", check=False)
     assert done.returncode == 1
     assert done.stderr.startswith("sesmail-gateway: rule table no-such-table: ResourceNotFoundException")
     assert len(done.stderr.splitlines()) == 1

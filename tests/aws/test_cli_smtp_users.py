@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.aws.motoserver import Moto, create_rule_table
-from tests.conftest import run_cli, write_config
+from tests.aws.motoserver import Moto, cli, create_rule_table
+from tests.conftest import write_config
 
 
 def make_config(tmp_path: Path, moto: Moto, rules_url: str) -> Path:
@@ -29,16 +29,16 @@ def config(request: pytest.FixtureRequest, tmp_path: Path, moto: Moto, unique: C
 
 
 def as_json(config: Path, *args: str) -> Any:
-    return json.loads(run_cli(config, *args, "--json").stdout)
+    return json.loads(cli(config, *args, "--json").stdout)
 
 
 def test_create_list_show_disable_delete(config: Path) -> None:
-    created = run_cli(config, "smtp-users", "create", "app-mailer", "--allowed-sender", "App@Example.test",
+    created = cli(config, "smtp-users", "create", "app-mailer", "--allowed-sender", "App@Example.test",
                       "--allowed-sender", "@example.test").stdout
     assert created == "created smtp user app-mailer (pending: the credential manager issues its password)\n"
-    again = run_cli(config, "smtp-users", "create", "app-mailer", "--allowed-sender", "a@example.test", check=False)
+    again = cli(config, "smtp-users", "create", "app-mailer", "--allowed-sender", "a@example.test", check=False)
     assert again.returncode == 1 and again.stderr == "sesmail-gateway: smtp user app-mailer already exists\n"
-    run_cli(config, "routes", "add", "*@example.test", "--action", "store")  # routes share the table
+    cli(config, "routes", "add", "*@example.test", "--action", "store")  # routes share the table
 
     (user,) = as_json(config, "smtp-users", "list")
     assert user["username"] == "app-mailer" and user["status"] == "pending"
@@ -46,15 +46,15 @@ def test_create_list_show_disable_delete(config: Path) -> None:
     assert user["has_credentials"] is False and user["created_at"]
     assert [r["recipient"] for r in as_json(config, "routes", "list")] == ["*@example.test"]
 
-    exported = json.loads(run_cli(config, "routes", "export").stdout)["Items"]
+    exported = json.loads(cli(config, "routes", "export").stdout)["Items"]
     record = next(item for item in exported if item["PK"] == {"S": "SMTP_USER#app-mailer"})
     assert record["SK"] == {"S": "CREDENTIALS#v1"} and record["entity_type"] == {"S": "SMTP_CREDENTIALS"}
     assert sorted(record["allowed_senders"]["SS"]) == ["@example.test", "app@example.test"]
 
-    assert run_cli(config, "smtp-users", "disable", "app-mailer").stdout == "disabled smtp user app-mailer\n"
+    assert cli(config, "smtp-users", "disable", "app-mailer").stdout == "disabled smtp user app-mailer\n"
     assert as_json(config, "smtp-users", "show", "app-mailer")["status"] == "disabled"
-    assert run_cli(config, "smtp-users", "delete", "app-mailer").stdout == "deleted smtp user app-mailer\n"
-    gone = run_cli(config, "smtp-users", "show", "app-mailer", check=False)
+    assert cli(config, "smtp-users", "delete", "app-mailer").stdout == "deleted smtp user app-mailer\n"
+    gone = cli(config, "smtp-users", "show", "app-mailer", check=False)
     assert gone.returncode == 1 and gone.stderr == "sesmail-gateway: no smtp user app-mailer\n"
 
 
@@ -63,8 +63,8 @@ def test_show_decrypt_prints_endpoint_username_and_password_via_kms(
 ) -> None:
     table = create_rule_table(moto, unique("users"))
     config = make_config(tmp_path, moto, f"dynamodb://{table}")
-    run_cli(config, "smtp-users", "create", "billing", "--allowed-sender", "billing@example.test")
-    pending = run_cli(config, "smtp-users", "show", "billing", "--decrypt", check=False)
+    cli(config, "smtp-users", "create", "billing", "--allowed-sender", "billing@example.test")
+    pending = cli(config, "smtp-users", "show", "billing", "--decrypt", check=False)
     assert pending.returncode == 1 and "no credentials yet (status pending)" in pending.stderr
 
     # What the credential-manager Lambda writes: KMS ciphertext of the SMTP credentials, status active.
@@ -78,9 +78,9 @@ def test_show_decrypt_prints_endpoint_username_and_password_via_kms(
         ExpressionAttributeNames={"#s": "status"},
         ExpressionAttributeValues={":c": {"B": blob}, ":a": {"S": "active"}})
 
-    plain = run_cli(config, "smtp-users", "show", "billing").stdout
+    plain = cli(config, "smtp-users", "show", "billing").stdout
     assert "BExamplePassword" not in plain and "has_credentials  True" in plain
-    assert "BExamplePassword" not in run_cli(config, "smtp-users", "list", "--json").stdout
+    assert "BExamplePassword" not in cli(config, "smtp-users", "list", "--json").stdout
     shown = as_json(config, "smtp-users", "show", "billing", "--decrypt")
     assert shown["smtp_endpoint"] == "email-smtp.us-east-1.amazonaws.com:587"
     assert (shown["smtp_username"], shown["smtp_password"]) == ("AKIAEXAMPLE123", "BExamplePassword/123")
@@ -94,5 +94,5 @@ def test_show_decrypt_prints_endpoint_username_and_password_via_kms(
     (["delete", "ghost"], "no smtp user ghost"),
 ])
 def test_bad_arguments_are_one_line(tmp_path: Path, moto: Moto, args: list[str], message: str) -> None:
-    done = run_cli(make_config(tmp_path, moto, "sqlite://rules.db"), "smtp-users", *args, check=False)
+    done = cli(make_config(tmp_path, moto, "sqlite://rules.db"), "smtp-users", *args, check=False)
     assert done.returncode == 1 and message in done.stderr and len(done.stderr.splitlines()) == 1
