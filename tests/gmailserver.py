@@ -25,6 +25,7 @@ import email.parser
 import email.policy
 import ipaddress
 import json
+import resource
 import secrets
 import ssl
 import tempfile
@@ -97,7 +98,12 @@ class Upload:
 
 
 class GmailTestServer:
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, *, keep_raw: bool = True, open_tokens: bool = False) -> None:
+        """``keep_raw=False`` keeps only sizes (benchmarks); ``open_tokens`` accepts any
+        refresh token of the form ``1//open:<account>`` (benchmarks write token files themselves)."""
+        self.keep_raw = keep_raw
+        self.open_tokens = open_tokens
+        self.imported_bytes = 0
         self.cert, self.key = certificate()
         self.lock = threading.Lock()
         self.refresh_tokens: dict[str, str] = {}   # refresh token -> account
@@ -196,6 +202,8 @@ class GmailTestServer:
                 self.refresh_calls += 1
                 token = form.get("refresh_token", "")
                 account = self.refresh_tokens.get(token)
+                if account is None and self.open_tokens and token.startswith("1//open:"):
+                    account = token[len("1//open:"):]
                 if account is None or token in self.revoked:
                     return 400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
                 access = "ya29.test-" + secrets.token_hex(12)
@@ -233,6 +241,9 @@ class GmailTestServer:
 
     def record(self, imported: Imported) -> dict[str, Any]:
         with self.lock:
+            self.imported_bytes += len(imported.raw)
+            if not self.keep_raw:
+                imported.raw = b""
             self.imported.append(imported)
             number = len(self.imported)
         return {"id": f"msg{number:06d}", "threadId": f"thr{number:06d}", "labelIds": imported.label_ids}
@@ -303,6 +314,12 @@ def _handler_for(state: GmailTestServer) -> type[BaseHTTPRequestHandler]:
                     with state.lock:
                         labels = list(state.labels.get(account, []))
                     self._send(200, {"labels": labels})
+                return
+            if path == "/_stats":  # for benchmarks: how much was imported, and this server's CPU
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                with state.lock:
+                    self._send(200, {"imports": len(state.imported), "bytes": state.imported_bytes,
+                                     "cpu": usage.ru_utime + usage.ru_stime})
                 return
             self._send(404, {"error": "not found"})
 
@@ -401,3 +418,22 @@ def _split_related(content_type: str, body: bytes) -> tuple[dict[str, Any], byte
     # The part ends with the newline that precedes the closing delimiter.
     raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
     return json.loads(meta_body), raw
+
+
+def main() -> None:
+    """``python -m tests.gmailserver``: serve for a benchmark until standard input closes.
+
+    Prints one JSON line with the URL and certificate path; keeps no message
+    bytes and accepts ``1//open:<account>`` refresh tokens.
+    """
+    import sys
+
+    server = GmailTestServer(keep_raw=False, open_tokens=True).start()
+    print(json.dumps({"url": server.url, "token_uri": server.token_uri, "cert": str(server.cert),
+                      "client": server.client_secret_json()}), flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
