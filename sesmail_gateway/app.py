@@ -16,7 +16,11 @@ from typing import Any
 from sesmail_gateway import control, sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.archive.s3 import S3Archiver
+from sesmail_gateway.bounce import Bouncer
+from sesmail_gateway.bounce.ses import SesSender
 from sesmail_gateway.checks.inspector import Inspector
+from sesmail_gateway.cloudwatch import CloudWatchPublisher
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.control import ControlServer
 from sesmail_gateway.deliver import Deliverer
@@ -48,7 +52,20 @@ def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
     scheme, _, rest = config.archive.url.partition("://")
     if scheme == "file":
         return FolderArchiver(config.data_path(rest or "archive"), syncs)
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ConfigError(f"archive.url: expected s3://BUCKET/PREFIX, got {config.archive.url!r}")
+        return S3Archiver(bucket, prefix, aws_config=config.aws, kms_key_id=config.archive.kms_key_id)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
+
+
+def open_bouncer(config: Config, spool: Spool) -> Bouncer | None:
+    """With ``bounce.mode = "dsn"``, dead letters may earn a DSN sent through SES."""
+    if config.bounce.mode != "dsn":
+        return None
+    return Bouncer(sender=SesSender(config.aws), from_address=config.bounce.sender,
+                   reporting_mta=config.gateway.hostname, message_path=spool.message_path)
 
 
 def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenStore]:
@@ -110,7 +127,7 @@ class Gateway:
         self.runner = Runner(
             spool=self.spool, archiver=open_archiver(config, self.spool.syncs),
             deliverers=build_deliverers(config, self.spool.syncs, self.gmail),
-            config=config.delivery, metrics=self.metrics,
+            config=config.delivery, metrics=self.metrics, bouncer=open_bouncer(config, self.spool),
         )
         self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
                                    config=config.gmail, metrics=self.metrics)
@@ -127,6 +144,7 @@ class Gateway:
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
+        self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
         self._token_watch: asyncio.Task[None] | None = None
@@ -154,6 +172,10 @@ class Gateway:
             await self.pool.start(abort=self._stop)
         if self.metrics_server is not None:
             self.metrics_server.start()
+        if self.config.metrics.cloudwatch_namespace:
+            self.cloudwatch = CloudWatchPublisher(self.metrics.registry, self.config.metrics.cloudwatch_namespace,
+                                                  aws_config=self.config.aws)
+            self.cloudwatch.start()
 
     async def _reload_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command from `token import` / `token refresh`: re-read the token store now."""
@@ -200,6 +222,8 @@ class Gateway:
         await self.spool.close()
         if self.metrics_server:
             self.metrics_server.stop()
+        if self.cloudwatch is not None:  # one last publish, off the loop
+            await asyncio.to_thread(self.cloudwatch.stop)
         self.store.close()
         log.info("shutdown: done")
 

@@ -106,6 +106,7 @@ class QueueItem:
     next_attempt: float = 0.0
     reason: str = ""
     held_account: str = ""
+    dsn: str = ""  # Message-ID of the DSN sent for this message (at most one)
     # When the held account's token was issued; only a newer token releases the message.
     held_token_issued: float = 0.0
     # Delivery attempts that ended with the daemon dying or the attempt failing unexpectedly.

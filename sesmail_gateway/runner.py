@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from sesmail_gateway import maillog
 from sesmail_gateway.archive import Archiver
+from sesmail_gateway.bounce import Bouncer
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.errors import DeliveryError, PermanentFailure, TemporaryFailure, TokenExpired, classify
@@ -122,8 +123,10 @@ class Runner:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         poll_seconds: float = 1.0,
+        bouncer: Bouncer | None = None,
     ) -> None:
         self.spool = spool
+        self.bouncer = bouncer
         self.archiver = archiver
         self.deliverers = deliverers
         self.config = config
@@ -458,6 +461,8 @@ class Runner:
     def _dead(self, item: QueueItem, reason: str) -> None:
         item.reason = reason
         item.next_attempt = 0.0
+        if self.bouncer is not None:  # bounce.mode = "dsn": a DSN to an authenticated sender, at most once
+            self.bouncer.bounce(item, item.failed(), reason)
         self.spool.save(item)
         self.spool.move(item, DEAD)
         maillog.event("dead", item.id, sender=item.sender, reason=reason)
