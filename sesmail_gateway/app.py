@@ -129,6 +129,7 @@ class Gateway:
             deliverers=build_deliverers(config, self.spool.syncs, self.gmail),
             config=config.delivery, metrics=self.metrics, bouncer=open_bouncer(config, self.spool),
         )
+        self.metrics.track_destinations(self.runner.destinations.status)
         self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
                                    config=config.gmail, metrics=self.metrics)
         self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})

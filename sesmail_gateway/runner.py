@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
+import json
 import logging
 import os
 import random
@@ -27,6 +29,7 @@ from sesmail_gateway.archive import Archiver
 from sesmail_gateway.bounce import Bouncer
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.deliver import Deliverer
+from sesmail_gateway.destinations import ARCHIVE, Destinations
 from sesmail_gateway.errors import DeliveryError, PermanentFailure, TemporaryFailure, TokenExpired, classify
 from sesmail_gateway.message import (
     DEAD,
@@ -50,6 +53,7 @@ T = TypeVar("T")
 # A message whose delivery attempts crash this many times is held instead of tried again.
 POISON_LIMIT = 3
 ATTEMPTS = "attempts.log"
+DESTINATIONS_FILE = "destinations.json"
 
 
 class AttemptLog:
@@ -135,6 +139,7 @@ class Runner:
         self.poll_seconds = poll_seconds
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._known: set[str] = set()
+        self._parked: set[str] = set()  # waiting in memory for a destination to come back
         # Messages someone is working on right now (a delivery attempt, an operator action).
         self._inflight: set[str] = set()
         self._inflight_changed = threading.Condition()
@@ -144,10 +149,15 @@ class Runner:
         self._busy = 0
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency + 2, thread_name_prefix="deliver")
         self._attempts = AttemptLog(spool.root / ATTEMPTS)
+        self.destinations = Destinations(base=config.backoff_base, cap=config.backoff_max, clock=clock)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._down_file = spool.root / DESTINATIONS_FILE
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._write_down_file()
         report = await self._run(self.spool.recover)
         if report.resumed or report.discarded_tmp or report.corrupt:
             log.info("spool: recovered %d in-flight, discarded %d unacknowledged, set aside %d corrupt",
@@ -274,6 +284,8 @@ class Runner:
             while self._timers and self._timers[0][0] <= now:
                 _, queue_id = heapq.heappop(self._timers)
                 self._submit(DEFERRED, queue_id)
+            for queue_id, state in self.destinations.probe_candidates().values():
+                self._queue.put_nowait((state, queue_id))  # parked ones stay known: straight onto the queue
             wait = min(self._timers[0][0] - now, 1.0) if self._timers else 1.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -291,7 +303,8 @@ class Runner:
                 await self._run(self._crashed, queue_id, f"delivery failed unexpectedly: {type(exc).__name__}")
             finally:
                 self._busy -= 1
-                self._known.discard(queue_id)
+                if queue_id not in self._parked:
+                    self._known.discard(queue_id)
 
     # -- one message -------------------------------------------------------
 
@@ -353,23 +366,72 @@ class Runner:
         maillog.event("held", item.id, reason=item.reason)
 
     def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
+        self._parked.discard(queue_id)
         try:
             item = self.spool.claim(state, queue_id)
         except SpoolError:
             return None  # moved or deleted meanwhile (queue retry/delete)
         message = StoredMessage.at(self.spool.message_path(item))
-        if not item.archived and not self._archive(item, message):
-            return item
+        if not item.archived:
+            if not self.destinations.admit(ARCHIVE) and self._park(item, ARCHIVE):
+                return None
+            if not self._archive(item, message):
+                return item
+            self._came_back(ARCHIVE)
+        waiting_for = ""
         for delivery in item.pending():
-            if self._deliver(item, delivery, message) and item.pending():
-                # Record each success at once, so a restart never delivers it again;
-                # first make what was written (archive, Maildir) durable.
-                self.spool.sync_now()
-                self.spool.save(item)
+            if not self.destinations.admit(delivery.key):
+                waiting_for = waiting_for or delivery.key
+                continue
+            if self._deliver(item, delivery, message):
+                self._came_back(delivery.key)
+                if item.pending():
+                    # Record each success at once, so a restart never delivers it again;
+                    # first make what was written (archive, Maildir) durable.
+                    self.spool.sync_now()
+                    self.spool.save(item)
+        if waiting_for and all(not self.destinations.admit_peek(d.key) for d in item.pending()) \
+                and self._park(item, waiting_for):
+            return None
         if item.pending() or item.failed():
             self.spool.sync_now()  # the record saved next must not outrun the files it describes
         self._settle(item)
         return item
+
+    def _park(self, item: QueueItem, destination: str) -> bool:
+        """Wait in memory for ``destination`` (no attempt, no disk write); False if it must be settled now."""
+        if self.clock() - item.created >= self.config.max_age:
+            return False  # too old to wait: the attempt makes it a dead letter
+        if not self.destinations.park(destination, item.id, item.state):
+            return False
+        self._parked.add(item.id)
+        return True
+
+    def _came_back(self, destination: str) -> None:
+        parked = self.destinations.succeeded(destination)
+        if parked or destination in self._down_names:
+            log.info("runner: %s works again; resuming %d waiting message(s)", destination, len(parked))
+            self._write_down_file()
+        if parked and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._resume, parked)
+
+    def _resume(self, parked: dict[str, str]) -> None:
+        for queue_id, state in parked.items():
+            self._queue.put_nowait((state, queue_id))
+
+    @property
+    def _down_names(self) -> set[str]:
+        return {s.destination for s in self.destinations.status()}
+
+    def _write_down_file(self) -> None:
+        """What is down, for `queue list` (informational: rewritten at every change, never fsynced)."""
+        status = [dataclasses.asdict(s) for s in self.destinations.status()]
+        tmp = self._down_file.with_name(f".{self._down_file.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, self._down_file)
+        except OSError as exc:
+            log.warning("runner: cannot write %s: %s", self._down_file, exc)
 
     def _archive(self, item: QueueItem, message: StoredMessage) -> bool:
         try:
@@ -378,10 +440,21 @@ class Runner:
             error = classify(exc)
             log.error("archive: %s failed: %s", item.id, error)
             self.metrics.deliveries.labels(action="archive", outcome="deferred").inc()
+            self._went_down(ARCHIVE, error)
             self._defer(item, f"archive failed: {error}", error.retry_after)
             return False
         maillog.event("archived", item.id, location=item.archived)
         return True
+
+    def _went_down(self, destination: str, error: DeliveryError) -> None:
+        if isinstance(error, (TokenExpired, PermanentFailure)):
+            return
+        new = destination not in self._down_names
+        until = self.destinations.failed(destination, str(error), error.retry_after)
+        if new:
+            log.warning("runner: %s is failing (%s); one probe every backoff step, the rest wait (next probe "
+                        "in %.0f s)", destination, error, until - self.clock())
+        self._write_down_file()
 
     def _deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> bool:
         """One attempt; the outcome is recorded on ``delivery``. True when delivered."""
@@ -404,6 +477,7 @@ class Runner:
 
     def _record_failure(self, item: QueueItem, delivery: Delivery, error: DeliveryError) -> None:
         delivery.last_error = str(error)
+        self._went_down(delivery.key, error)
         if isinstance(error, TokenExpired):
             # Held: no attempt is spent; a newer token releases it.
             item.held_account = error.account or delivery.target.lower()

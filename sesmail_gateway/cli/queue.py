@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 from typing import Any
 
@@ -18,6 +19,7 @@ from sesmail_gateway.cli.common import CliError, json_flag, load_config, print_j
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.message import STATES, QueueItem
 from sesmail_gateway.queue_ops import RETRYABLE, QueueOpError, perform
+from sesmail_gateway.runner import DESTINATIONS_FILE
 from sesmail_gateway.spool import Spool, SpoolError
 
 
@@ -80,7 +82,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         for i in items
     ]
     print_table(("ID", "STATE", "RECEIVED", "SIZE", "SENDER", "RECIPIENTS", "ATTEMPTS", "NEXT", "REASON"), rows)
+    for down in _destinations_down(spool):
+        print(f"destination {down['destination']} failing since {_when(down['since'])} ({down['reason']}): "
+              f"{down['parked']} message(s) wait, next probe {_when(down['next_probe'])}")
     return 0
+
+
+def _destinations_down(spool: Spool) -> list[dict[str, Any]]:
+    """What the running daemon last wrote about failing destinations (nothing when none is down)."""
+    try:
+        data = json.loads((spool.root / DESTINATIONS_FILE).read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -338,7 +338,7 @@ async def test_an_operator_retry_brings_a_dead_letter_back_at_once(spool: Spool,
 
 async def test_a_message_that_keeps_crashing_its_delivery_is_held_not_retried_forever(
         spool: Spool, tmp_path: Path) -> None:
-    target = ScriptedTarget(*[TemporaryFailure("down")] * 10)
+    target = ScriptedTarget()
     runner = await started(spool, tmp_path, target)
 
     def settle_with_a_bug(item: QueueItem) -> None:  # a runner bug that only this message triggers
@@ -388,3 +388,46 @@ async def test_a_record_from_a_newer_version_is_delivered_not_set_aside(spool: S
     assert target.calls == [(queued.id, "mail")]
     assert not list((spool.root / "corrupt").iterdir())
     assert QueueItem.from_dict({k: v for k, v in newer.items() if k != "schema"}).schema == 1
+
+
+class Outage:
+    """A destination that fails temporarily until told otherwise; counts every attempt."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+        self.delivered: set[str] = set()
+        self._lock = threading.Lock()
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
+        with self._lock:
+            self.calls += 1
+        if self.down:
+            raise TemporaryFailure("connection refused")
+        with self._lock:
+            self.delivered.add(item.id)
+
+
+async def test_an_outage_costs_a_probe_per_backoff_step_and_the_queue_resumes_together(
+        spool: Spool, tmp_path: Path) -> None:
+    target = Outage()
+    runner = await started(spool, tmp_path, ScriptedTarget())
+    runner.deliverers = {"maildir": target}
+    queued = [make_item("mail") for _ in range(300)]
+    for one in queued:
+        await queue(spool, one)
+    await until(lambda: runner.destinations.status() and runner.destinations.status()[0].parked >= 250)
+    # A few backoff steps (0.05 s doubling to 0.1 s) pass with the destination down.
+    steps_before = target.calls
+    await asyncio.sleep(0.5)
+    probes = target.calls - steps_before
+    assert probes <= 12, f"{probes} attempts in 0.5 s of outage for 300 queued messages"
+    assert target.calls < 40  # the first wave (one per runner worker) and the probes, not 300 x steps
+    status = runner.destinations.status()
+    assert [s.destination for s in status] == ["maildir:mail"] and "connection refused" in status[0].reason
+    assert "maildir:mail" in (spool.root / "destinations.json").read_text()
+    target.down = False
+    await until(lambda: len(target.delivered) == 300, timeout=20)
+    await runner.stop()
+    assert runner.destinations.status() == []
+    assert json.loads((spool.root / "destinations.json").read_text()) == []
