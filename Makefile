@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 TOOLS_PINS := checkov==3.3.30 ansible-core==2.19.14 ansible-lint==26.10.1
 CONFIG ?= config/local.toml
 
-.PHONY: run test lint typecheck bench clean checkov
+.PHONY: run test lint typecheck bench bench-aws clean checkov
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ test: $(TEST_STAMP) $(TOOLS_STAMP) lint typecheck
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/smtp_accept.py
+
+bench-aws: $(TEST_STAMP)
+	$(PY) benchmarks/aws_backends.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache
