@@ -13,7 +13,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from sesmail_gateway import control, sdnotify
+from sesmail_gateway import aws, control, sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.archive.s3 import S3Archiver
@@ -63,6 +63,11 @@ def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
 def open_bouncer(config: Config, spool: Spool) -> Bouncer | None:
     """With ``bounce.mode = "dsn"``, dead letters may earn a DSN sent through SES."""
     if config.bounce.mode != "dsn":
+        return None
+    if not (config.aws.region or config.aws.endpoint_url or aws.default_region()):
+        # The local default: the dead-letter record carries the reason; nothing is sent.
+        log.warning("bounce.mode = dsn without an AWS region (aws.region): DSNs are not sent through SES; "
+                    "dead letters keep the reason")
         return None
     return Bouncer(sender=SesSender(config.aws), from_address=config.bounce.sender,
                    reporting_mta=config.gateway.hostname, message_path=spool.message_path)
