@@ -63,7 +63,7 @@ class ScannerProcess:
         self._cleanup = cleanup
 
     def start(self, timeout: float = 120) -> ScannerProcess:
-        binary = shutil.which(self.argv[0])
+        binary = shutil.which(self.argv[0]) or shutil.which(self.argv[0], path="/usr/sbin:/usr/bin")
         assert binary, f"{self.argv[0]} is not installed (.ci/run installs it from Debian's packages)"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([binary, *self.argv[1:]], stdout=log, stderr=log, cwd=self.folder,

@@ -41,7 +41,7 @@ class ClamdScanner:
                 sock.sendall(struct.pack("!I", 0))
                 reply = _read_reply(sock)
         except OSError as exc:
-            raise ScanError(f"clamd: {type(exc).__name__}: {exc}") from None
+            raise ScanError(f"{type(exc).__name__}: {exc}") from None
         virus = parse_reply(reply)
         return ScanResult("clamd", VIRUS if virus else CLEAN, virus=virus, seconds=time.monotonic() - started)
 
@@ -66,7 +66,7 @@ def parse_reply(reply: bytes) -> str:
         return ""
     if verdict.endswith(" FOUND"):
         return verdict[: -len(" FOUND")] or "unknown"
-    raise ScanError(f"clamd: {text[:200] or 'empty reply'}")
+    raise ScanError(text[:200] or "empty reply")
 
 
 def _read_reply(sock: socket.socket) -> bytes:

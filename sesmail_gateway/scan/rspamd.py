@@ -74,11 +74,11 @@ class RspamdScanner:
             response = connection.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise ScanError(f"rspamd: {type(exc).__name__}: {exc}") from None
+            raise ScanError(f"{type(exc).__name__}: {exc}") from None
         finally:
             connection.close()
         if response.status != 200:
-            raise ScanError(f"rspamd: HTTP {response.status}")
+            raise ScanError(f"HTTP {response.status}")
         return _result(body, time.monotonic() - started)
 
     def _headers(self, envelope: Envelope, length: int) -> list[tuple[str, str]]:
@@ -98,7 +98,7 @@ def _result(body: bytes, seconds: float) -> ScanResult:
         reply = json.loads(body)
         score = float(reply["score"])
     except (ValueError, KeyError, TypeError):
-        raise ScanError("rspamd: reply is not a /checkv2 JSON object with a score") from None
+        raise ScanError("reply is not a /checkv2 JSON object with a score") from None
     symbols = reply.get("symbols")
     names = tuple(sorted(symbols, key=lambda s: -abs(_score(symbols[s])))) if isinstance(symbols, dict) else ()
     return ScanResult("rspamd", CLEAN, score=round(score, 2), symbols=names, seconds=seconds)

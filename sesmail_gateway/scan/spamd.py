@@ -37,7 +37,7 @@ class SpamdScanner:
                 sock.shutdown(socket.SHUT_WR)
                 reply = _read_all(sock)
         except OSError as exc:
-            raise ScanError(f"spamd: {type(exc).__name__}: {exc}") from None
+            raise ScanError(f"{type(exc).__name__}: {exc}") from None
         score, symbols = parse_reply(reply)
         return ScanResult("spamd", CLEAN, score=score, symbols=symbols, seconds=time.monotonic() - started)
 
@@ -48,15 +48,15 @@ def parse_reply(reply: bytes) -> tuple[float, tuple[str, ...]]:
     lines = head.split(b"\r\n")
     status = _STATUS.match(lines[0]) if lines else None
     if status is None:
-        raise ScanError("spamd: not a SPAMD reply")
+        raise ScanError("not a SPAMD reply")
     if status.group(1) != b"0":
-        raise ScanError(f"spamd: error {status.group(1).decode()} {status.group(2).decode('ascii', 'replace')}")
+        raise ScanError(f"error {status.group(1).decode()} {status.group(2).decode('ascii', 'replace')}")
     for line in lines[1:]:
         spam = _SPAM.match(line)
         if spam:
             names = tuple(n for n in body.decode("ascii", "replace").strip().split(",") if n)
             return float(spam.group(2)), names
-    raise ScanError("spamd: reply has no Spam header")
+    raise ScanError("reply has no Spam header")
 
 
 def _read_all(sock: socket.socket) -> bytes:
