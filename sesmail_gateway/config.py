@@ -31,8 +31,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``"10s"``, ``"5m"``, ``"1h"``, ``"5d"`` or a plain number."""
+def parse_duration(value: str | int | float, *, allow_zero: bool = False) -> float:
+    """Seconds from ``"10s"``, ``"5m"``, ``"1h"``, ``"5d"`` or a plain number (``"0"`` only with allow_zero)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as \"10s\" or \"5d\"")
     if isinstance(value, (int, float)):
@@ -42,7 +42,7 @@ def parse_duration(value: str | int | float) -> float:
         if not match:
             raise ValueError(f"expected a duration such as \"10s\" or \"5d\", got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("must be a positive duration")
     return seconds
 
@@ -124,6 +124,8 @@ class GmailConfig:
     token_uri: str = ""
     label_ids: tuple[str, ...] = ("INBOX", "UNREAD")
     token_poll_seconds: float = 30.0
+    # Google "Testing" apps' refresh tokens die 7 days after issue; 0 = a published app's never do.
+    refresh_token_lifetime: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +195,8 @@ _SECTION_TYPES = {
     "gmail": GmailConfig, "scan": ScanConfig, "bounce": BounceConfig, "aws": AwsConfig, "metrics": MetricsConfig,
 }
 _DURATION_KEYS = {"delivery.max_age", "delivery.backoff_base", "delivery.backoff_max", "scan.timeout"}
+# Durations where 0 means "never" rather than a mistake.
+_ZERO_DURATION_KEYS = {"gmail.refresh_token_lifetime"}
 _CHOICES = {
     "checks.dmarc": ("enforce", "monitor"),
     "checks.spf_fail": ("tag", "reject"),
@@ -207,6 +211,8 @@ _STORE_SCHEMES = {
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:
+    if key in _ZERO_DURATION_KEYS:
+        return parse_duration(value, allow_zero=True)
     if key in _DURATION_KEYS:
         return parse_duration(value)
     if isinstance(default, bool):
@@ -289,6 +295,12 @@ def _validate(config: Config) -> None:
             parse_hostport(config.metrics.listen)
         except ValueError as exc:
             fail("metrics.listen", str(exc))
+    for label in config.gmail.label_ids:
+        if not label.strip():
+            fail("gmail.label_ids", "a label id or name must not be empty")
+    for key, url in (("gmail.api_endpoint", config.gmail.api_endpoint), ("gmail.token_uri", config.gmail.token_uri)):
+        if url and not url.startswith(("https://", "http://")):
+            fail(key, f"expected an http(s) URL, got {url!r}")
     _validate_scan(config.scan)
     if "@" not in config.bounce.sender:
         fail("bounce.sender", f"not an address: {config.bounce.sender!r}")
