@@ -127,7 +127,8 @@ def _root_args(user_flag: str, group_flag: str | None = None, user: str = "root"
 # -- rspamd --------------------------------------------------------------------------------------
 
 
-def rspamd(folder: Path, dns: TestDNSServer) -> ScannerProcess:
+def rspamd(folder: Path, dns: TestDNSServer, *, workers: int = 1,
+           cleanup: Callable[[], None] | None = None) -> ScannerProcess:
     port = free_port()
     local = folder / "local"
     (local / "local.d").mkdir(parents=True)
@@ -148,7 +149,7 @@ logging {{
 }}
 worker "normal" {{
     bind_socket = "127.0.0.1:{port}";
-    count = 1;
+    count = {workers};
     mime = true;
 }}
 """)
@@ -166,7 +167,8 @@ url_tld = "{folder / 'tld.dat'}";
     argv = ["rspamd", "-f", *_root_args("-u", "-g"), "-c", str(folder / "rspamd.conf"),
             "--var", f"LOCAL_CONFDIR={local}", "--var", f"DBDIR={folder / 'db'}",
             "--var", f"RUNDIR={folder / 'run'}", "--var", f"LOGDIR={folder / 'log'}"]
-    return ScannerProcess("rspamd", argv, lambda: _rspamd_ping(port), folder, f"http://127.0.0.1:{port}")
+    return ScannerProcess("rspamd", argv, lambda: _rspamd_ping(port), folder, f"http://127.0.0.1:{port}",
+                          cleanup=cleanup)
 
 
 def _rspamd_ping(port: int) -> bool:
