@@ -225,3 +225,16 @@ def test_a_scanner_bug_is_an_error_result_not_a_lost_message() -> None:
     action, header = run(scanning, [None])
     assert (action, seen) == ("accept", [("clamd", ERROR)])
     assert "X-Virus-Status: Unknown, scan failed" in header
+
+
+def test_only_the_first_max_size_bytes_are_scanned() -> None:
+    config = load_mapping({"scan": {"clamd": "127.0.0.1:2", "max_size": 16}}).scan
+    seen: list[bytes] = []
+
+    class Recording(Scripted):
+        def scan(self, message: bytes, envelope: Envelope) -> ScanResult:
+            seen.append(message)
+            return ScanResult("clamd", CLEAN)
+
+    run(Scanning(config, [Recording("clamd", "virus", ScanError("unused"))]), [None])
+    assert seen == [MESSAGE[:16]]
