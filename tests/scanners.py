@@ -61,6 +61,7 @@ class ScannerProcess:
         self.log_path = folder / f"{name}.out"
         self.proc: subprocess.Popen[bytes] | None = None
         self._cleanup = cleanup
+        self.unix_socket = ""
 
     def start(self, timeout: float = 120) -> ScannerProcess:
         binary = shutil.which(self.argv[0]) or shutil.which(self.argv[0], path="/usr/sbin:/usr/bin")
@@ -222,6 +223,7 @@ def clamd(folder: Path) -> ScannerProcess:
 DatabaseDirectory {database}
 TCPSocket {port}
 TCPAddr 127.0.0.1
+LocalSocket {folder / 'clamd.sock'}
 Foreground yes
 LogFile {folder / 'clamd.log'}
 PidFile {folder / 'clamd.pid'}
@@ -229,7 +231,9 @@ StreamMaxLength 30M
 {'User root' if os.geteuid() == 0 else ''}
 """)
     argv = ["clamd", "-c", str(folder / "clamd.conf")]
-    return ScannerProcess("clamd", argv, lambda: _clamd_ping(port), folder, f"127.0.0.1:{port}")
+    process = ScannerProcess("clamd", argv, lambda: _clamd_ping(port), folder, f"127.0.0.1:{port}")
+    process.unix_socket = str(folder / "clamd.sock")
+    return process
 
 
 def _clamd_ping(port: int) -> bool:

@@ -75,6 +75,11 @@ def test_clamd_finds_the_test_signature_in_an_attachment_and_passes_a_clean_mess
     assert scanner.scan(CLEAN_MESSAGE, ENVELOPE).result == CLEAN
 
 
+def test_clamd_over_its_unix_socket(clamd_server: ScannerProcess) -> None:
+    scanner = ClamdScanner(clamd_server.unix_socket, timeout=10)
+    assert scanner.scan(infected(), ENVELOPE).virus == VIRUS_NAME
+
+
 def test_clamd_streams_a_message_larger_than_one_chunk(clamd_server: ScannerProcess) -> None:
     filler = b"x" * 76 + b"\r\n"
     big = message(filler * 20000 + VIRUS_PATTERN + b"\r\n")  # ~1.5 MiB: many INSTREAM chunks
