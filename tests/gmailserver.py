@@ -19,13 +19,16 @@ Failures are scripted per account (``fail_next``), as Mailman's testing MTA does
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.parser
 import email.policy
 import ipaddress
 import json
+import resource
 import secrets
 import ssl
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -40,6 +43,17 @@ from cryptography.x509.oid import NameOID
 
 CLIENT_ID = "test-client.apps.googleusercontent.test"
 CLIENT_SECRET = "test-client-secret-c0ffee"
+
+
+_CERTIFICATE: tuple[Path, Path] | None = None
+
+
+def certificate() -> tuple[Path, Path]:
+    """One certificate per test process: httplib2 reads HTTPLIB2_CA_CERTS once, at import."""
+    global _CERTIFICATE
+    if _CERTIFICATE is None:
+        _CERTIFICATE = make_certificate(Path(tempfile.mkdtemp(prefix="gmail-test-cert-")))
+    return _CERTIFICATE
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -84,8 +98,13 @@ class Upload:
 
 
 class GmailTestServer:
-    def __init__(self, folder: Path) -> None:
-        self.cert, self.key = make_certificate(folder)
+    def __init__(self, folder: Path | None = None, *, keep_raw: bool = True, open_tokens: bool = False) -> None:
+        """``keep_raw=False`` keeps only sizes (benchmarks); ``open_tokens`` accepts any
+        refresh token of the form ``1//open:<account>`` (benchmarks write token files themselves)."""
+        self.keep_raw = keep_raw
+        self.open_tokens = open_tokens
+        self.imported_bytes = 0
+        self.cert, self.key = certificate()
         self.lock = threading.Lock()
         self.refresh_tokens: dict[str, str] = {}   # refresh token -> account
         self.access_tokens: dict[str, str] = {}    # access token -> account
@@ -183,6 +202,8 @@ class GmailTestServer:
                 self.refresh_calls += 1
                 token = form.get("refresh_token", "")
                 account = self.refresh_tokens.get(token)
+                if account is None and self.open_tokens and token.startswith("1//open:"):
+                    account = token[len("1//open:"):]
                 if account is None or token in self.revoked:
                     return 400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
                 access = "ya29.test-" + secrets.token_hex(12)
@@ -220,6 +241,9 @@ class GmailTestServer:
 
     def record(self, imported: Imported) -> dict[str, Any]:
         with self.lock:
+            self.imported_bytes += len(imported.raw)
+            if not self.keep_raw:
+                imported.raw = b""
             self.imported.append(imported)
             number = len(self.imported)
         return {"id": f"msg{number:06d}", "threadId": f"thr{number:06d}", "labelIds": imported.label_ids}
@@ -291,6 +315,12 @@ def _handler_for(state: GmailTestServer) -> type[BaseHTTPRequestHandler]:
                         labels = list(state.labels.get(account, []))
                     self._send(200, {"labels": labels})
                 return
+            if path == "/_stats":  # for benchmarks: how much was imported, and this server's CPU
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                with state.lock:
+                    self._send(200, {"imports": len(state.imported), "bytes": state.imported_bytes,
+                                     "cpu": usage.ru_utime + usage.ru_stime})
+                return
             self._send(404, {"error": "not found"})
 
         def do_POST(self) -> None:  # noqa: N802
@@ -298,6 +328,11 @@ def _handler_for(state: GmailTestServer) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             if path == "/token":
                 form = dict(urllib.parse.parse_qsl(body.decode()))
+                basic = self.headers.get("authorization", "")
+                if basic.startswith("Basic "):  # client authentication as RFC 6749 2.3.1 prefers
+                    user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+                    form.setdefault("client_id", urllib.parse.unquote(user))
+                    form.setdefault("client_secret", urllib.parse.unquote(password))
                 status, answer = state.token_grant(form)
                 self._send(status, answer)
                 return
@@ -383,3 +418,22 @@ def _split_related(content_type: str, body: bytes) -> tuple[dict[str, Any], byte
     # The part ends with the newline that precedes the closing delimiter.
     raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
     return json.loads(meta_body), raw
+
+
+def main() -> None:
+    """``python -m tests.gmailserver``: serve for a benchmark until standard input closes.
+
+    Prints one JSON line with the URL and certificate path; keeps no message
+    bytes and accepts ``1//open:<account>`` refresh tokens.
+    """
+    import sys
+
+    server = GmailTestServer(keep_raw=False, open_tokens=True).start()
+    print(json.dumps({"url": server.url, "token_uri": server.token_uri, "cert": str(server.cert),
+                      "client": server.client_secret_json()}), flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

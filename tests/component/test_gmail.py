@@ -127,7 +127,7 @@ def test_01_message_is_imported_once_with_its_bytes_labels_and_received_time(
 
 
 @pytest.mark.parametrize(("failures", "label"), [
-    ([(429, "rateLimitExceeded", {"retry-after": "1"})] * 2, "429 twice"),
+    ([(429, "rateLimitExceeded", {"retry-after": "2"})] * 2, "429 twice"),
     ([(500, "backendError", {})], "500"),
     ([(403, "rateLimitExceeded", {})], "403 rateLimitExceeded"),
     ([(403, "userRateLimitExceeded", {})], "403 userRateLimitExceeded"),
@@ -145,6 +145,8 @@ def test_02_temporary_failures_are_retried_until_imported(
     deferred = gw.gateway.events("deferred")
     assert len(deferred) == len(failures) and all(e["queue_id"] == queue_id for e in deferred)
     assert str(failures[0][0]) in deferred[0]["reason"]
+    if "retry-after" in failures[0][2]:
+        assert all(e["delay"] >= 1.9 for e in deferred)  # longer than the 1 s backoff: Retry-After wins
     assert not gw.queue("dead")
 
 
@@ -335,3 +337,113 @@ def assert_no_secrets(gw: GmailGateway, gmail: GmailTestServer) -> None:
             for secret in secrets:
                 assert secret.encode() not in data, f"a secret is in {path}"
     assert checked > 5
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_refresh(gw: GmailGateway, port: int) -> Any:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "sesmail_gateway", "token", "refresh", "--account", ME, "--no-browser",
+         "--port", str(port), "--timeout", "60", "--config", str(gw.gateway.config)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+
+
+def _consent(proc: Any, gmail: GmailTestServer) -> str:
+    """Read the printed address, 'open' it as a browser would; returns where Google redirected."""
+    import ssl
+    import urllib.request
+
+    url = ""
+    while not url:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        if line.strip().startswith("https://"):
+            url = line.strip()
+    context = ssl.create_default_context(cafile=str(gmail.cert))
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect)
+    try:
+        opener.open(url, timeout=10)
+    except urllib.error.HTTPError as redirect:
+        return str(redirect.headers["location"])
+    raise AssertionError("the consent page did not redirect")
+
+
+@pytest.mark.parametrize("answer_by", ["redirect to the local port", "pasted address"])
+def test_11_token_refresh_no_browser_stores_a_token_that_delivers(
+        make_gmail_gateway: Callable[..., GmailGateway], gmail: GmailTestServer, answer_by: str) -> None:
+    import urllib.request
+
+    gw = make_gmail_gateway(grant=())
+    port = _free_port()
+    proc = _start_refresh(gw, port)
+    location = _consent(proc, gmail)
+    assert location.startswith(f"http://localhost:{port}/?code=")
+    if answer_by == "pasted address":
+        proc.stdin.write(location + "\n")
+        proc.stdin.flush()
+    else:
+        urllib.request.urlopen(location.replace("localhost", "127.0.0.1"), timeout=10).read()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stored a new refresh token for me@gmail.test" in out
+    consent = gmail.consents[0]
+    assert consent["scope"] == "https://www.googleapis.com/auth/gmail.insert"
+    assert consent["access_type"] == "offline" and consent["prompt"] == "consent"
+    assert consent["code_challenge_method"] == "S256" and consent["login_hint"] == ME
+    stored = gw.store.get(ME)
+    assert stored is not None and stored.refresh_token in gmail.refresh_tokens
+    assert stored.refresh_token not in out + err
+    # The daemon delivers with it.
+    gw.gateway.start()
+    gw.send("bob@example.test")
+    wait_for(lambda: gmail.imports_for("consented@gmail.test") or gmail.imports_for(ME), timeout=20)
+    assert_no_secrets(gw, gmail)
+
+
+def test_12_token_refresh_explains_the_classic_failures(
+        make_gmail_gateway: Callable[..., GmailGateway], gmail: GmailTestServer, tmp_path: Path) -> None:
+    import socket
+
+    gw = make_gmail_gateway(grant=(), start=False)
+    # The port is taken.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = gw.gateway.cli("token", "refresh", "--account", ME, "--no-browser", "--port", str(taken),
+                                check=False)
+    assert result.returncode == 1 and f"port {taken} is already in use" in result.stderr
+    # Google returns no refresh token (consent granted before).
+    gmail.omit_refresh_token = True
+    proc = _start_refresh(gw, _free_port())
+    proc.stdin.write(_consent(proc, gmail) + "\n")
+    proc.stdin.flush()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "no refresh token" in err and "prompt=consent" in err
+    assert gw.store.get(ME) is None
+    # A "web" client without our redirect address registered: refused before anything starts.
+    web = tmp_path / "web_client.json"
+    web.write_text(json.dumps({"web": {**gmail.client_secret_json()["installed"],
+                                       "redirect_uris": ["https://example.test/callback"]}}))
+    config = gw.gateway.config.read_text().replace(str(tmp_path / "client_secret.json"), str(web))
+    gw.gateway.config.write_text(config)
+    result = gw.gateway.cli("token", "refresh", "--account", ME, "--no-browser", "--port", "8089", check=False)
+    assert result.returncode == 1 and "Authorized redirect URIs" in result.stderr
+    assert "http://localhost:8089/" in result.stderr
