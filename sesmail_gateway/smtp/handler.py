@@ -129,7 +129,8 @@ class GatewayHandler:
             decision, scan_header, item.verdicts["scan"] = scan.decision, scan.header, scan.verdict
             if decision.action == "tempfail":
                 self.metrics.refused("scan-tempfail")
-                maillog.event("rejected", item.id, stage="data", reply=str(replies.SCAN_TEMPFAIL), reason=decision.reason)
+                maillog.event("rejected", item.id, stage="data", reply=str(replies.SCAN_TEMPFAIL),
+                              reason=decision.reason)
                 return str(replies.SCAN_TEMPFAIL)
         item.quarantine = decision.action == "quarantine"
         refusal = REFUSALS.get(decision.reply_key or "") if decision.action == "reject" else None
