@@ -115,6 +115,17 @@ def test_03_a_route_with_spam_label_turns_the_reject_into_a_label(
     assert gw.delivered(carol) == []
     # The same message to a recipient on the default policy is still refused.
     assert send(gw, spam())[0] == 550
+    # To both at once: SMTP answers once, so nobody loses it and both get it labelled.
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=60) as client:
+        client.ehlo("client.example.org")
+        client.mail(ALICE)
+        client.rcpt(BOB)
+        client.rcpt("carol@example.test")
+        code, reply = client.data(spam())
+    assert code == 250, reply
+    assert len(gw.wait_delivered(2, carol / ".Junk")) == 2
+    assert len(wait_for(lambda: junk(gw))) == 1 and gw.delivered() == []
+    assert gw.events("queued")[-1]["quarantine"] is True
 
 
 # -- spamd -------------------------------------------------------------------------------------------
