@@ -35,6 +35,7 @@ from sesmail_gateway.routes.factory import open_route_store
 from sesmail_gateway.routes.records import utc_now
 from sesmail_gateway.routes.resolver import RouteResolver
 from sesmail_gateway.runner import Runner
+from sesmail_gateway.scan.factory import build_scanning
 from sesmail_gateway.smtp.handler import GatewayHandler
 from sesmail_gateway.smtp.server import SMTPServer
 from sesmail_gateway.spool import Spool, run_checkpoints
@@ -146,7 +147,8 @@ class Gateway:
         if worker_count(config) == 1:
             self.inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
             handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool, metrics=self.metrics,
-                                     inspector=self.inspector)
+                                     inspector=self.inspector,
+                                     scanning=build_scanning(config, observe=self.metrics.scan_result))
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
