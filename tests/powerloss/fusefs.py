@@ -78,6 +78,13 @@ from typing import Any
 import mfusepy as fuse
 
 
+def readable(flags: int) -> int:
+    """Open flags with write-only widened to read-write: the model reads synced bytes before they change."""
+    if flags & os.O_ACCMODE == os.O_WRONLY:
+        return (flags & ~os.O_ACCMODE) | os.O_RDWR
+    return flags
+
+
 class Node:
     """A file or folder, independent of its names (a renamed file is the same node)."""
 
@@ -225,10 +232,14 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
             "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_ino", "st_blocks", "st_blksize")} | {
             "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns}
 
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
         with self.mutex:
             self._alive()
-            return [".", "..", *os.listdir(self._real(path))]
+            real = self._real(path)
+            names = [(".", os.lstat(real)), ("..", os.lstat(os.path.dirname(real)))]
+            with os.scandir(real) as entries:
+                names += [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+        return [(name, {"st_ino": st.st_ino, "st_mode": st.st_mode}, 0) for name, st in names]
 
     def statfs(self, path: str) -> dict[str, int]:
         st = os.statvfs(self.root)
@@ -279,7 +290,7 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
                     existing.before_change(fd, 0)
                 finally:
                     os.close(fd)
-            fd = os.open(real, flags | os.O_CREAT, mode)
+            fd = os.open(real, readable(flags) | os.O_CREAT, mode)
             node = existing or self._node(os.fstat(fd))
             if existing is None:
                 node.durable_len = 0
@@ -370,7 +381,7 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
             node = self._resolve(path)
             if node.is_dir:
                 raise fuse.FuseOSError(errno.EISDIR)
-            fd = os.open(self._real(path), flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+            fd = os.open(self._real(path), readable(flags) & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
             if flags & os.O_TRUNC:  # keep the synced bytes first
                 node.before_change(fd, 0)
                 os.ftruncate(fd, 0)
@@ -395,7 +406,7 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
                 os.ftruncate(fh, length)
                 return 0
             node = self._resolve(path)
-            fd = os.open(self._real(path), os.O_WRONLY)
+            fd = os.open(self._real(path), os.O_RDWR)
             try:
                 node.before_change(fd, length)
                 os.ftruncate(fd, length)
@@ -515,7 +526,7 @@ def main(argv: list[str]) -> int:
     state, mountpoint, control = Path(argv[0]), argv[1], argv[2]
     ops = PowerLossOperations(state)
     serve_control(ops, control)
-    fuse.FUSE(ops, mountpoint, foreground=True, fsname="powerlossfs")
+    fuse.FUSE(ops, mountpoint, foreground=True, fsname="powerlossfs", use_ino=True)
     report: dict[str, Any] = {"cut": ops.cut, **ops.counts}
     if ops.cut:
         report |= ops.rollback(state)
