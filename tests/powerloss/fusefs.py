@@ -56,7 +56,8 @@ stay unsynced in the model, reverting to their synced value or to zeros).
 
 Run it as ``python fusefs.py STATE_DIR MOUNTPOINT CONTROL_SOCKET``; it
 serves in the foreground until unmounted. Commands arrive on the control
-socket as JSON lines (``cut``, ``fail_fsync``, ``stats``); see
+socket as JSON lines (``cut``, ``fail_fsync``, ``clear_failures``,
+``stats``: counts and the paths whose fsync failed); see
 ``PowerLossFS`` in ``harness.py`` for the test side. When unmounted after a
 ``cut``, it rolls the backing folder back and prints a JSON summary.
 """
@@ -162,6 +163,7 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
         self.handles: dict[int, tuple[Node, bool]] = {}  # fd -> (node, opened with O_APPEND)
         self.fail_rules: list[list[Any]] = []  # [pattern, remaining count]
         self.counts = {"fsync": 0, "fsyncdir": 0, "eio": 0}
+        self.failed: list[str] = []  # paths whose fsync failed, in order
 
     # -- the model -------------------------------------------------------------
 
@@ -219,6 +221,8 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
                 if rule[1] > 0:
                     rule[1] -= 1
                 self.counts["eio"] += 1
+                if rel not in self.failed:
+                    self.failed.append(rel)
                 return True
         return False
 
@@ -459,7 +463,7 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
                     pass
                 case other:
                     return {"error": f"unknown command {other!r}"}
-            return {"ok": True, **self.counts}
+            return {"ok": True, **self.counts, "failed": self.failed}
 
     def rollback(self, state: Path) -> dict[str, int]:
         """Rewrite the backing folder to the durable model (the filesystem is unmounted)."""
