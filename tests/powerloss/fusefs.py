@@ -25,15 +25,23 @@ The model (what survives a power cut):
   - a file whose name is durable but whose data was never fsynced comes
     back empty;
   - a rename changes two folders (or one), and each folder keeps its own
-    record. Both must be fsynced for the rename to be whole. Only the
-    destination fsynced: the file is under both names after the cut. Only
-    the source fsynced: the file is under neither (lost). This is the
-    conservative reading of POSIX, which promises nothing about a folder
-    that was not fsynced; ext4 and XFS usually do better through their
-    journals, but a program that relies on that is relying on one
-    filesystem's habits. A folder created by ``mkdir`` exists after the cut
-    only if its parent was fsynced, and holds only what its own last fsync
-    recorded;
+    record: the rename is whole only once both the source and the
+    destination folder have been fsynced after it. Only the source fsynced:
+    the removal is durable and the addition is not, so the file or folder
+    is under neither name (lost, as a filesystem without a journal leaves
+    it to fsck). Only the destination fsynced: a file is under both names
+    (two hard links); a folder, which can have only one parent, keeps its
+    old name (the rename is undone). This is the conservative reading of
+    POSIX and of fsync(2) ("an explicit fsync() on a file descriptor for
+    the directory is also needed"), which promise nothing about a folder
+    that was not fsynced. ext4 and XFS usually do better (one journal
+    transaction makes the whole rename durable), but a program that relies
+    on that relies on one filesystem's habits. So a program must fsync
+    the destination before the source, and expect the file under both
+    names after a cut between the two;
+  - a folder created by ``mkdir`` exists after the cut only if its parent
+    was fsynced after the mkdir, and then holds only what its own last
+    fsync recorded;
   - an unlink is undone unless the folder is fsynced after it; an unlinked
     file still named by a durable entry comes back with its synced data.
 
@@ -89,7 +97,7 @@ def readable(flags: int) -> int:
 class Node:
     """A file or folder, independent of its names (a renamed file is the same node)."""
 
-    __slots__ = ("is_dir", "ino", "mode", "entries", "durable", "durable_len", "durable_bytes",
+    __slots__ = ("is_dir", "ino", "mode", "entries", "durable", "named", "durable_len", "durable_bytes",
                  "dirty_from", "lost")
 
     def __init__(self, *, is_dir: bool, ino: int, mode: int, size: int = 0) -> None:
@@ -99,6 +107,7 @@ class Node:
         # Folders: live entries (None until first read from the backing folder) and durable entries.
         self.entries: dict[str, Node] | None = None
         self.durable: dict[str, Node] | None = None
+        self.named: dict[tuple[int, str], int] = {}  # folders: (parent, name) -> when given (0: at mount)
         # Files: the durable content is backing[:durable_len], or durable_bytes once that range changed.
         self.durable_len = size
         self.durable_bytes: bytes | None = None
@@ -158,6 +167,7 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
         self.mutex = threading.RLock()
         self.cut = False
         self.by_ino: dict[int, Node] = {}
+        self.clock = 0  # orders the names a folder is given
         st = os.lstat(self.root)
         self.top = self._node(st)
         self.handles: dict[int, tuple[Node, bool]] = {}  # fd -> (node, opened with O_APPEND)
@@ -267,6 +277,8 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
             node.entries, node.durable = {}, {}
             assert parent.entries is not None
             parent.entries[name] = node
+            self.clock += 1
+            node.named[(id(parent), name)] = self.clock
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -345,6 +357,9 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
                 self.by_ino.pop(target.ino, None)
             del src_parent.entries[src_name]
             dst_parent.entries[dst_name] = node
+            if node.is_dir:
+                self.clock += 1
+                node.named[(id(dst_parent), dst_name)] = self.clock
         return 0
 
     def link(self, target: str, source: str) -> int:
@@ -479,11 +494,34 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir(mode=self.top.mode)
 
+        if self.top.durable is None:
+            self._entries(self.top, self.root)
+        # A folder has one parent: where durable records name it twice (a rename whose destination
+        # was fsynced but not its source), it keeps the older name.
+        home: dict[int, tuple[int, tuple[int, str]]] = {}
+        seen: set[int] = set()
+        todo = [self.top]
+        while todo:
+            folder = todo.pop()
+            if id(folder) in seen or folder.durable is None:
+                continue
+            seen.add(id(folder))
+            for name, child in folder.durable.items():
+                if child.is_dir:
+                    key = (id(folder), name)
+                    rank = child.named.get(key, 0)
+                    if id(child) not in home or rank < home[id(child)][0]:
+                        home[id(child)] = (rank, key)
+                    todo.append(child)
+        report["folders_renamed_back"] = 0
+
         def build(folder: Node, target: Path, depth: int) -> None:
             assert folder.durable is not None
             for name, child in folder.durable.items():
                 dst = target / name
-                if child.is_dir and child.durable is None:  # never touched since mount: as it was
+                if child.is_dir and home[id(child)][1] != (id(folder), name):
+                    report["folders_renamed_back"] += 1
+                elif child.is_dir and child.durable is None:  # never touched since mount: as it was
                     shutil.copytree(where[child.ino], dst, copy_function=os.link, symlinks=True)
                 elif child.is_dir:
                     if depth > 64:
@@ -499,8 +537,6 @@ class PowerLossOperations(fuse.Operations):  # type: ignore[misc]
                     os.link(src, dst)
                     report["files"] += 1
 
-        if self.top.durable is None:
-            self._entries(self.top, self.root)
         build(self.top, fresh, 0)
         old = state / "root.old"
         os.rename(self.root, old)

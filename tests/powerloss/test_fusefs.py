@@ -138,6 +138,38 @@ def test_rename_with_only_the_source_fsynced_loses_the_file(powerfs: PowerLossFS
     assert files(after / "dst") == {}
 
 
+def test_folder_renamed_with_only_the_destination_fsynced_keeps_its_old_name(powerfs: PowerLossFS) -> None:
+    m = powerfs.mountpoint
+    for name in ("incoming", "active"):
+        (m / name).mkdir()
+    (m / "incoming" / "id").mkdir()
+    write(m / "incoming" / "id" / "message", b"mail", sync=True)
+    fsync_dir(m / "incoming" / "id")
+    fsync_dir(m / "incoming")
+    fsync_dir(m)
+    os.rename(m / "incoming" / "id", m / "active" / "id")
+    fsync_dir(m / "active")
+    after = after_cut(powerfs)
+    assert files(after / "incoming" / "id") == {"message": b"mail"}
+    assert list((after / "active").iterdir()) == []
+
+
+def test_folder_renamed_with_only_the_source_fsynced_is_lost(powerfs: PowerLossFS) -> None:
+    m = powerfs.mountpoint
+    for name in ("incoming", "active"):
+        (m / name).mkdir()
+    (m / "incoming" / "id").mkdir()
+    write(m / "incoming" / "id" / "message", b"mail", sync=True)
+    fsync_dir(m / "incoming" / "id")
+    fsync_dir(m / "incoming")
+    fsync_dir(m)
+    os.rename(m / "incoming" / "id", m / "active" / "id")
+    fsync_dir(m / "incoming")
+    after = after_cut(powerfs)
+    assert list((after / "incoming").iterdir()) == []
+    assert list((after / "active").iterdir()) == []
+
+
 def test_replace_by_rename_is_the_old_file_until_the_folder_is_fsynced(powerfs: PowerLossFS) -> None:
     m = powerfs.mountpoint
     write(m / "meta", b"old", sync=True)
