@@ -51,8 +51,12 @@ The model (what survives a power cut):
   and why a program must not rely on them.
 * Not modelled: permissions, owners and times (they stay as they were
   last set), extended attributes, symlinks (refused with ENOSYS), and torn
-  writes inside a synced range. Data written but not synced is simply
-  undone; a real disk might keep any part of it, which only helps.
+  writes. Data written but not synced is undone whole; a real disk might
+  keep any part of it (readers must check what they read, as the journal's
+  checksums do), which this model does not try.
+* Locks (``flock``, ``fcntl``) are the kernel's own: the filesystem does
+  not implement the lock operations, so FUSE keeps them locally, with the
+  usual semantics for processes on this machine.
 
 **I/O errors.** ``fail_fsync(pattern, count)`` makes the next ``count``
 fsyncs (files or folders) whose path matches the glob ``pattern`` (relative
@@ -61,6 +65,7 @@ failed its writeback would. As on Linux after a failed writeback, the data
 that failed is lost for good: it is not made durable by a later fsync of
 the same file that succeeds (the bytes written since the last good sync
 stay unsynced in the model, reverting to their synced value or to zeros).
+A folder fsync that fails records nothing.
 
 Run it as ``python fusefs.py STATE_DIR MOUNTPOINT CONTROL_SOCKET``; it
 serves in the foreground until unmounted. Commands arrive on the control
