@@ -127,7 +127,7 @@ def test_01_message_is_imported_once_with_its_bytes_labels_and_received_time(
 
 
 @pytest.mark.parametrize(("failures", "label"), [
-    ([(429, "rateLimitExceeded", {"retry-after": "1"})] * 2, "429 twice"),
+    ([(429, "rateLimitExceeded", {"retry-after": "2"})] * 2, "429 twice"),
     ([(500, "backendError", {})], "500"),
     ([(403, "rateLimitExceeded", {})], "403 rateLimitExceeded"),
     ([(403, "userRateLimitExceeded", {})], "403 userRateLimitExceeded"),
@@ -145,6 +145,8 @@ def test_02_temporary_failures_are_retried_until_imported(
     deferred = gw.gateway.events("deferred")
     assert len(deferred) == len(failures) and all(e["queue_id"] == queue_id for e in deferred)
     assert str(failures[0][0]) in deferred[0]["reason"]
+    if "retry-after" in failures[0][2]:
+        assert all(e["delay"] >= 1.9 for e in deferred)  # longer than the 1 s backoff: Retry-After wins
     assert not gw.queue("dead")
 
 
