@@ -188,13 +188,13 @@ def test_01_power_cuts_lose_no_acknowledged_message(
             if kind == "idle":
                 clients.go.set()
                 target = len(clients.acked) + rng.randint(5, 40)
-                wait_for(lambda t=target: len(clients.acked) >= t, timeout=60)  # type: ignore[misc]
+                wait_for(lambda t=target: len(clients.acked) >= t, timeout=60)
                 clients.pause()
                 time.sleep(rng.uniform(2.0, 4.0))  # the power fails a few seconds after the last 250
             else:
                 clients.go.set()
                 target = len(clients.acked) + rng.randint(1, 40)
-                wait_for(lambda t=target: len(clients.acked) >= t, timeout=60)  # type: ignore[misc]
+                wait_for(lambda t=target: len(clients.acked) >= t, timeout=60)
             marks.append(len(clients.acked))
             cut_power(gateway, powerfs)
         clients.go.set()
