@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 TOOLS_PINS := checkov==3.3.30 ansible-core==2.19.14 ansible-lint==26.10.1
 CONFIG ?= config/local.toml
 
-.PHONY: run test lint typecheck bench bench-aws clean checkov
+.PHONY: run test test-slow lint typecheck bench bench-aws clean checkov
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy sesmail_gateway
 
+# The suite without the long scenarios (crash, power loss, fuzzing, 30 MiB uploads); CI runs both.
 test: $(TEST_STAMP) $(TOOLS_STAMP) lint typecheck
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not slow"
+
+test-slow: $(TEST_STAMP) $(TOOLS_STAMP)
+	$(PY) -m pytest -q -ra -m slow
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/smtp_accept.py
