@@ -129,6 +129,19 @@ class Spread(MessageTemplate):
         return f"user{seq % ACCOUNTS}@bench.test"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -190,6 +203,8 @@ listen = "127.0.0.1:{metrics_port}"
         while server.stats()["imports"] < ACCOUNTS:  # every account has its access token
             await asyncio.sleep(0.05)
         before = server.stats()["imports"]
+        workers = children(proc.pid)
+        main_cpu, workers_cpu = cpu_seconds(proc.pid), sum(cpu_seconds(w) for w in workers)
         started = time.perf_counter()
         result = await run_load(("127.0.0.1", smtp_port), template, CONNECTIONS, count)
         accepted_at = time.perf_counter()
@@ -198,13 +213,17 @@ listen = "127.0.0.1:{metrics_port}"
                 raise RuntimeError("imports did not catch up within 300 s")
             await asyncio.sleep(0.02)
         finished = time.perf_counter()
+        main_cpu = cpu_seconds(proc.pid) - main_cpu
+        workers_cpu = sum(cpu_seconds(w) for w in workers) - workers_cpu
     finally:
         proc.terminate()
         proc.wait(30)
         dns.stop()
     return {"size": size, "messages": result.accepted, "errors": result.error_count,
             "accept_msg_per_s": result.rate, "end_to_end_msg_per_s": result.accepted / (finished - started),
-            "drain_after_last_250_s": finished - accepted_at}
+            "drain_after_last_250_s": finished - accepted_at,
+            "runner_cpu_ms_per_msg": main_cpu * 1000 / max(result.accepted, 1),
+            "smtp_workers_cpu_ms_per_msg": workers_cpu * 1000 / max(result.accepted, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"end-to-end {size:>8} B  accept {row['accept_msg_per_s']:7.1f} msg/s  end-to-end "
                           f"{row['end_to_end_msg_per_s']:7.1f} msg/s  (ratio "
                           f"{row['end_to_end_msg_per_s'] / row['accept_msg_per_s']:.2f}, imports done "
-                          f"{row['drain_after_last_250_s']:.2f} s after the last 250, {row['errors']} errors)",
-                          flush=True)
+                          f"{row['drain_after_last_250_s']:.2f} s after the last 250, {row['errors']} errors); "
+                          f"CPU per message: runner process {row['runner_cpu_ms_per_msg']:.2f} ms, SMTP workers "
+                          f"{row['smtp_workers_cpu_ms_per_msg']:.2f} ms", flush=True)
     finally:
         server.stop()
     if args.json:
