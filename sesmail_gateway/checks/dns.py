@@ -20,7 +20,7 @@ else -> dnspython's presentation text. Names are returned without the final dot.
 
 Positive answers are cached for their TTL, negative ones (nxdomain, nodata)
 for the SOA minimum (RFC 2308) or a short default; temporary failures are
-never cached. The cache is bounded (least recently used entries go first) and
+remembered for ``FAILURE_TTL`` seconds only (RFC 2308 7.1). The cache is bounded (least recently used entries go first) and
 safe to share between threads: the daemon runs checks in a thread pool.
 """
 
