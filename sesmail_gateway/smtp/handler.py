@@ -34,7 +34,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def split_address(address: str) -> tuple[str, str] | None:
     """(local, domain) in lower case, or None when the address has no usable domain."""
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or " " in address:
+    # Not printable: control characters, or bytes that were not UTF-8 (kept as surrogates).
+    if not at or not local or not domain or " " in address or not address.isprintable():
         return None
     return local, domain.lower().rstrip(".")
 

@@ -13,12 +13,13 @@ import asyncio
 import functools
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from sesmail_gateway import replies
+from sesmail_gateway import maillog, replies
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.smtp.data import read_data
 from sesmail_gateway.smtp.limits import Limits
@@ -84,6 +85,8 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.junk_limit = junk_limit
         self.junk_used = 0
         self.in_data = False
+        self.stage = "connect"  # the command being handled, for log lines
+        self.session_id = secrets.token_hex(6)
         self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command)
 
     @property
@@ -149,8 +152,16 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             await super().smtp_RSET(arg)
 
     async def smtp_VRFY(self, arg: str | None) -> None:
-        if not await self._junk("VRFY"):
-            await super().smtp_VRFY(arg)
+        # Our own, so no client text is ever echoed back (aiosmtpd's 502 repeats the argument).
+        if await self._junk("VRFY"):
+            return
+        self.stage = "vrfy"
+        if not arg:
+            await self.push(str(replies.VRFY_SYNTAX))
+        elif self._getaddr(arg)[0] is None:
+            await self.push(str(replies.BAD_VRFY_ADDRESS))
+        else:
+            await self.push(str(replies.CANNOT_VRFY))
 
     async def smtp_HELP(self, arg: str | None) -> None:
         if not await self._junk("HELP"):
@@ -159,7 +170,42 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     async def smtp_AUTH(self, arg: str | None) -> None:
         await self.push("502 5.5.1 AUTH is not offered on this server")
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser made total, and every refusal logged once.
+
+        aiosmtpd hands the address to the standard library's header parser,
+        which raises IndexError on ``<`` and RecursionError on nested comments:
+        both became a 451 and a traceback, so the client retried a syntax error
+        forever. An argument that is not UTF-8 (aiosmtpd keeps the bytes as
+        surrogates) can name no mailbox either. All of these are ``(None, None)``,
+        which every caller answers with a 5xx.
+        """
+        why = ""
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            why = "address is not UTF-8"
+        if arg.lstrip().startswith("<") and ">" not in arg:
+            why = "unclosed angle bracket"  # the header parser would accept it
+        if not why:
+            try:
+                address, rest = super()._getaddr(arg)
+            except Exception as exc:  # the header parser's IndexError, RecursionError, ...
+                why = f"address does not parse ({type(exc).__name__})"
+            else:
+                if address is not None:
+                    return address, rest
+                why = "address does not parse"
+        maillog.event("rejected", None, stage=self.stage, session=self.session_id, client=self.client_ip,
+                      reason=why)
+        return None, None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.stage = "rcpt"
+        await super().smtp_RCPT(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
+        self.stage = "mail"
         match = _SIZE_PARAM.search(arg or "")
         if match and self.data_size_limit and int(match.group(1)) > self.data_size_limit:
             self.event_handler.size_refused()
