@@ -168,6 +168,12 @@ def test_import_reads_both_layouts_and_keeps_other_records(gateway: Gateway, tmp
          ' {"PK": {"S": "ROUTE#*"}, "SK": {"S": "RULE#v1"}}]}', "Items[1] (ROUTE#*): no actions"),
         ('{"Items": [{"PK": {"S": "ROUTE#nobody"}, "SK": {"S": "RULE#v1"}, "action": {"S": "store"}}]}',
          "bad route pattern 'nobody'"),
+        # Numbers outside DynamoDB's range (38 digits, exponent -130..125) and JSON nested too deeply.
+        ('{"Items": [{"PK": {"S": "ROUTE#*"}, "SK": {"S": "RULE#v1"}, "n": {"N": "' + "1" * 40 + '"}}]}',
+         "Items[0].n: not a valid N value"),
+        ('{"Items": [{"PK": {"S": "ROUTE#*"}, "SK": {"S": "RULE#v1"}, "n": {"N": "1e400"}}]}',
+         "Items[0].n: not a valid N value"),
+        ('{"Items": [' + "[" * 100_000 + "]" * 100_000 + "]}", "nested too deeply"),
     ],
 )
 def test_malformed_import_is_one_line_and_writes_nothing(
