@@ -270,7 +270,7 @@ def _is_number(text: str) -> bool:
     """A number DynamoDB can hold: 38 significant digits, exponent within its range
     (boto3's deserializer raises Inexact or Overflow on anything else)."""
     try:
-        return DYNAMODB_CONTEXT.create_decimal(text).is_finite()
+        return bool(DYNAMODB_CONTEXT.create_decimal(text).is_finite())
     except DecimalException:
         return False
 
