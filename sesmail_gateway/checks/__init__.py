@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from sesmail_gateway.checks.dkim import ArcResult, DkimResult, check_arc, check_dkim
 from sesmail_gateway.checks.dmarc import CHECK_FAILED, DmarcResult, check_dmarc
-from sesmail_gateway.checks.dns import DnsResult, DnsStatus, Resolver
+from sesmail_gateway.checks.dns import DkimTxtLookup, DnsResult, DnsStatus, Resolver
 from sesmail_gateway.checks.policy import (
     Decision,
     authentication_results,
@@ -27,6 +27,8 @@ from sesmail_gateway.checks.spf import SpfResult, check_spf
 from sesmail_gateway.checks.verdicts import Verdicts
 
 T = TypeVar("T")
+#: Seconds of DKIM and ARC key lookups per message (one further lookup may start just before).
+KEY_LOOKUP_BUDGET = 12.0
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -56,9 +58,13 @@ def evaluate(message: bytes, *, ip: str, helo: str, mail_from: str | None, resol
     if spf is None:
         spf = _guard("spf", lambda: check_spf(resolver, ip, helo, mail_from),
                      lambda why: SpfResult("permerror", "", why, "mailfrom" if mail_from else "helo"))
-    dkim = _guard("dkim", lambda: tuple(check_dkim(message, resolver)),
+    # DKIM and ARC key lookups share one budget, well inside the inspector's timeout: a message
+    # signed with keys on deliberately slow name servers must not run the checks out of time
+    # (a timeout leaves DMARC temperror, which applies no policy).
+    keys = DkimTxtLookup(resolver, KEY_LOOKUP_BUDGET)
+    dkim = _guard("dkim", lambda: tuple(check_dkim(message, resolver, lookup=keys)),
                   lambda why: (DkimResult("permerror", reason=why),))
-    arc = _guard("arc", lambda: check_arc(message, resolver), lambda why: ArcResult("fail", why))
+    arc = _guard("arc", lambda: check_arc(message, resolver, lookup=keys), lambda why: ArcResult("fail", why))
     spf_verdict = spf
     dmarc = _guard("dmarc", lambda: check_dmarc(resolver, message, spf_verdict, dkim, rng=rng),
                    lambda why: DmarcResult("permerror", reason=CHECK_FAILED))

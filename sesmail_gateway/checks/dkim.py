@@ -6,13 +6,17 @@ RFC 8601 2.7.1:
 * ``pass``      -- the signature verifies over the whole body;
 * ``fail``      -- the key was found but the signature or body hash does not match;
 * ``neutral``   -- the signature cannot be processed (syntax, unsupported
-  algorithm), or its ``l=`` tag leaves part of the body unsigned
-  (``partial_body=True``): content appended after the signed length is
-  exactly what an attacker would add, so such a signature is never a pass
-  and never aligns for DMARC;
-* ``permerror`` -- no key published for ``s=._domainkey.d=`` (RFC 6376 "no
-  key"), a revoked key (``p=`` empty), or an unusable key (syntax, < 1024 bits);
-* ``temperror`` -- the key lookup failed temporarily (or dkimpy broke).
+  algorithm), was not verified (past :data:`MAX_SIGNATURES`, or the
+  message's time budget for key lookups was spent), or its ``l=`` tag
+  leaves part of the body unsigned (``partial_body=True``): content appended
+  after the signed length is exactly what an attacker would add, so such a
+  signature is never a pass and never aligns for DMARC;
+* ``permerror`` -- the signature is invalid whatever DNS says: ``h=`` does
+  not sign From (RFC 6376 5.4, 6.1.1), it expired (``x=`` in the past, no
+  leeway), or its key is unusable: none published for ``s=._domainkey.d=``,
+  revoked (``p=`` empty), ``k=`` not the signature's algorithm, syntax,
+  < 1024 bits; and anything dkimpy raises that is not a DNS failure;
+* ``temperror`` -- the key lookup failed temporarily (DNS trouble), and nothing else.
 
 dkimpy reports most of these as a bare ``False``; :class:`DkimTxtLookup`
 records what DNS said so the cases can be told apart without parsing
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import dkim
@@ -30,7 +35,7 @@ import dkim.crypto
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from sesmail_gateway.checks.dns import DkimTxtLookup, DnsResult, DnsStatus, Resolver
+from sesmail_gateway.checks.dns import BUDGET_EXHAUSTED, DkimTxtLookup, DnsResult, DnsStatus, Resolver
 from sesmail_gateway.checks.headers import header_fields
 
 
@@ -111,11 +116,13 @@ def _has_field(message: bytes, *names: str) -> bool:
 
 
 def check_dkim(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
-               max_signatures: int = MAX_SIGNATURES) -> list[DkimResult]:
+               max_signatures: int = MAX_SIGNATURES, lookup: DkimTxtLookup | None = None,
+               now: float | None = None) -> list[DkimResult]:
     """One result per DKIM-Signature field, top first; ``[]`` when unsigned.
-    Key lookups share one ``lifetime`` budget; signatures past
-    ``max_signatures`` are recorded ``neutral`` unverified (RFC 6376 6.1 lets a
-    verifier limit them). Never raises."""
+    Key lookups share one ``lifetime`` budget (or the budget of ``lookup``,
+    shared with ARC); signatures past ``max_signatures`` are recorded
+    ``neutral`` unverified (RFC 6376 6.1 lets a verifier limit them). ``now``
+    (default ``time.time()``) decides expiry. Never raises."""
     if not _has_field(message, "dkim-signature"):
         return []  # skip dkimpy's parse of the whole message
     try:
@@ -123,8 +130,9 @@ def check_dkim(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
     except Exception as exc:
         return [DkimResult("neutral", reason=f"message not parseable: {exc}")]
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
-    lookup = DkimTxtLookup(resolver, lifetime)
-    return [_verify_one(verifier, index, lookup) if index < max_signatures
+    lookup = lookup or DkimTxtLookup(resolver, lifetime)
+    when = time.time() if now is None else now
+    return [_verify_one(verifier, index, lookup, when) if index < max_signatures
             else DkimResult("neutral", reason=f"not verified: more than {max_signatures} signatures")
             for index in range(count)]
 
@@ -133,12 +141,12 @@ def _text(fields: dict[bytes, bytes], tag: bytes) -> str:
     return fields.get(tag, b"").decode("utf-8", "replace").strip()
 
 
-def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimResult:
+def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup, now: float) -> DkimResult:
     verifier.signature_fields = {}
     error: Exception | None = None
     try:
         ok = bool(verifier.verify(idx=index, dnsfunc=lookup))
-    except Exception as exc:  # dkimpy raises for malformed input; anything else is ours
+    except Exception as exc:  # dkimpy raises for malformed input, and sometimes for its own bugs
         ok, error = False, exc
     fields: dict[bytes, bytes] = verifier.signature_fields or {}
     domain, selector = _text(fields, b"d").lower(), _text(fields, b"s")
@@ -146,6 +154,9 @@ def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimR
     def result(verdict: str, reason: str = "", partial: bool = False) -> DkimResult:
         return DkimResult(verdict, domain, selector, _text(fields, b"a").lower(), reason, partial)
 
+    defect = _signature_defect(fields, now)
+    if defect:
+        return result("permerror", defect)
     if ok:
         unsigned = _unsigned_body(verifier, fields)
         return result("neutral", unsigned, partial=True) if unsigned else result("pass")
@@ -154,22 +165,36 @@ def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimR
         if error is None:
             return result("neutral", "signature not verified")
         if not isinstance(error, dkim.DKIMException):
-            return result("temperror", f"{type(error).__name__}: {error}")
+            return result("permerror", f"{type(error).__name__}: {error}")
         return result("neutral", f"unusable signature ({type(error).__name__}): {error}")
     if key.status is DnsStatus.TEMPFAIL:
+        if key.error == BUDGET_EXHAUSTED:
+            return result("neutral", f"not verified: {BUDGET_EXHAUSTED}")
         return result("temperror", f"key lookup failed: {key.error}")
-    problem = _key_problem(key)
+    problem = _key_problem(key, fields)
     if problem:
         return result("permerror", problem)
     if isinstance(error, dkim.KeyFormatError):
         return result("permerror", str(error))
     if isinstance(error, _SYNTAX_ERRORS) or error is None:
         return result("fail", str(error) if error else "signature did not verify")
-    return result("temperror", f"{type(error).__name__}: {error}")
+    return result("permerror", f"{type(error).__name__}: {error}")
 
 
-def _key_problem(key: DnsResult) -> str:
-    """Why a key record cannot be used, or "" when it can."""
+def _signature_defect(fields: dict[bytes, bytes], now: float) -> str:
+    """Why a parsed signature is invalid whatever its key says, or ""."""
+    if b"h" in fields:
+        signed = {name.strip().lower() for name in fields[b"h"].split(b":")}
+        if b"from" not in signed:
+            return "h= does not sign From (RFC 6376 5.4)"
+    expiry = fields.get(b"x", b"").strip()
+    if expiry.isdigit() and int(expiry) < now:
+        return f"signature expired (x={expiry.decode()})"
+    return ""
+
+
+def _key_problem(key: DnsResult, fields: dict[bytes, bytes]) -> str:
+    """Why a key record cannot be used for this signature, or "" when it can."""
     if key.status is not DnsStatus.OK or not key.blobs:
         return "no key"
     record = key.blobs[0]
@@ -179,6 +204,10 @@ def _key_problem(key: DnsResult) -> str:
         return f"invalid key record: {exc}"
     if not tags.get(b"p", b"").strip():
         return "key revoked"
+    key_type = tags.get(b"k", b"rsa").strip().lower()
+    algorithm = fields.get(b"a", b"").strip().lower().partition(b"-")[0]
+    if algorithm and key_type != algorithm:
+        return f"key k={key_type.decode('ascii', 'replace')} does not match a={_text(fields, b'a')}"
     try:
         dkim.evaluate_pk(b"key", record)
     except Exception as exc:
@@ -198,12 +227,14 @@ def _unsigned_body(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> str:
     return f"l={signed} leaves {body_length - signed} of {body_length} body bytes unsigned"
 
 
-def check_arc(message: bytes, resolver: Resolver, *, lifetime: float = 20.0) -> ArcResult:
+def check_arc(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
+              lookup: DkimTxtLookup | None = None) -> ArcResult:
     """Validate the ARC chain: ``none`` without ARC headers, else pass or fail
-    (a DNS failure fails the chain; the reason says so). Never raises."""
+    (a DNS failure fails the chain; the reason says so). ``lookup`` shares a
+    time budget with DKIM. Never raises."""
     if not _has_field(message, "arc-seal", "arc-message-signature", "arc-authentication-results"):
         return ArcResult("none", "Message is not ARC signed")
-    lookup = DkimTxtLookup(resolver, lifetime)
+    lookup = lookup or DkimTxtLookup(resolver, lifetime)
     try:
         cv, _sets, comment = dkim.arc_verify(message, logger=_QUIET, dnsfunc=lookup)
     except Exception as exc:
