@@ -87,30 +87,35 @@ class GatewayHandler:
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         # aiosmtpd hands the null reverse-path of bounces and DSNs over as the literal "<>".
         if address and address != NULL_SENDER and split_address(address) is None:
+            maillog.event("rejected", None, stage="mail", session=getattr(server, "session_id", None),
+                          client=_peer_ip(session), sender=address, reply=str(replies.BAD_SENDER))
             return str(replies.BAD_SENDER)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.routes = []
-        # SPF needs only the envelope: start it now, so its DNS look-ups overlap RCPT and DATA.
-        envelope.spf = asyncio.ensure_future(self.inspector.check_sender(
-            ip=_peer_ip(session), helo=session.host_name or "", mail_from=_sender(address)))
+        envelope.spf = None  # started at the first accepted RCPT
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         reply, route = await self._recipient_policy(envelope, address)
         if route is None:
             self.metrics.refused(_reason(reply))
-            maillog.event("rejected", None, stage="rcpt", client=_peer_ip(session), sender=envelope.mail_from,
-                          recipient=address, reply=str(reply))
+            maillog.event("rejected", None, stage="rcpt", session=getattr(server, "session_id", None),
+                          client=_peer_ip(session), sender=envelope.mail_from, recipient=address, reply=str(reply))
             return str(reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         envelope.routes.append(route)
+        if getattr(envelope, "spf", None) is None:
+            # SPF needs only the envelope: start it at the first recipient we take (mail for unknown
+            # users and foreign domains costs no DNS), so its look-ups overlap the rest of the transfer.
+            envelope.spf = asyncio.ensure_future(self.inspector.check_sender(
+                ip=_peer_ip(session), helo=session.host_name or "", mail_from=_sender(envelope.mail_from)))
         return str(reply)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         item = self._new_item(server, session, envelope)
-        maillog.event("received", item.id, client=item.client.ip, helo=item.client.helo, sender=item.sender,
+        maillog.event("received", item.id, session=getattr(server, "session_id", None), client=item.client.ip, helo=item.client.helo, sender=item.sender,
                       recipients=item.recipient_addresses, size=len(envelope.content))
         inspection = await self.inspector.inspect(
             envelope.content, ip=item.client.ip, helo=item.client.helo, mail_from=item.sender,
@@ -156,8 +161,12 @@ class GatewayHandler:
     def connection_refused(self, reply: Reply) -> None:
         self.metrics.connection_refused(_reason(reply))
 
-    def size_refused(self) -> None:
+    def size_refused(self, server: Any, stage: str, size: int) -> None:
+        """552 at MAIL (``SIZE=`` declared) or at the end of DATA (``size`` message bytes)."""
         self.metrics.refused("size")
+        maillog.event("rejected", None, stage=stage, session=getattr(server, "session_id", None),
+                      client=_peer_ip(server.session), reply=str(replies.MESSAGE_TOO_BIG),
+                      reason=f"message size {size} over the limit {self.config.smtp.max_message_size}")
 
     # -- policy ------------------------------------------------------------
 

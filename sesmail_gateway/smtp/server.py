@@ -81,10 +81,12 @@ class SMTPServer:
         return bound
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new sessions (421 4.3.2), close idle ones, let DATA finish, then stop."""
+        """Refuse new sessions and new transactions (421 4.3.2), close sessions with no
+        transaction under way, let a transaction already past MAIL FROM finish (its DATA is
+        accepted and queued), then stop. ``timeout`` bounds the wait."""
         self.gate.draining = True
         for session in list(self.gate.sessions):
-            if not session.in_data:
+            if not session.in_transaction:
                 session.close_for_shutdown()
         try:
             await asyncio.wait_for(self.gate.idle.wait(), timeout)

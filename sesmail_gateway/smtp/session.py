@@ -99,15 +99,18 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     async def _handle_client(self) -> None:
         refusal = self.gate.admit(self)
         if refusal is not None:
-            log.info("smtp: refused %s: %s", self.client_ip, refusal)
+            log.info("smtp: session %s: refused %s: %s", self.session_id, self.client_ip, refusal)
             self.event_handler.connection_refused(refusal)
             await self.push(str(refusal))
             if self.transport is not None:
                 self.transport.close()
             return
+        log.info("smtp: session %s: connect from %s", self.session_id, self.client_ip)
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self in self.gate.sessions:
+            log.info("smtp: session %s: closed", self.session_id)
         self.gate.release(self)
         super().connection_lost(error)
 
@@ -123,7 +126,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self._say_and_close(replies.DATA_TIMEOUT if self.in_data else replies.TIMEOUT)
 
     def close_for_shutdown(self) -> None:
-        """Say 421 4.3.2 and hang up; used for sessions not in DATA when draining."""
+        """Say 421 4.3.2 and hang up; used for sessions with no transaction under way when draining."""
         self._say_and_close(replies.SHUTTING_DOWN)
 
     # -- commands ------------------------------------------------------------
@@ -148,7 +151,9 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             await super().smtp_NOOP(arg)
 
     async def smtp_RSET(self, arg: str | None) -> None:
-        if not await self._junk("RSET"):
+        if self.gate.draining:
+            await self._refuse_while_draining("rset")  # the transaction it ends was the last
+        elif not await self._junk("RSET"):
             await super().smtp_RSET(arg)
 
     async def smtp_VRFY(self, arg: str | None) -> None:
@@ -206,12 +211,28 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.stage = "mail"
+        if self.gate.draining:
+            await self._refuse_while_draining("mail")
+            return
         match = _SIZE_PARAM.search(arg or "")
         if match and self.data_size_limit and int(match.group(1)) > self.data_size_limit:
-            self.event_handler.size_refused()
+            self.event_handler.size_refused(self, "mail", int(match.group(1)))
             await self.push(str(replies.MESSAGE_TOO_BIG))
             return
         await super().smtp_MAIL(arg)
+
+    async def _refuse_while_draining(self, stage: str) -> None:
+        """A new transaction during a drain: 421 4.3.2 and hang up."""
+        maillog.event("rejected", None, stage=stage, session=self.session_id, client=self.client_ip,
+                      reply=str(replies.SHUTTING_DOWN), reason="shutting down")
+        await self.push(str(replies.SHUTTING_DOWN))
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Past MAIL FROM and not yet answered at the end of DATA (aiosmtpd keeps "<>" for a null sender)."""
+        return self.in_data or bool(self.envelope is not None and self.envelope.mail_from)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
@@ -234,7 +255,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             if result.leftover:
                 _unread(self._reader, result.leftover)
             if result.content is None:
-                self.event_handler.size_refused()
+                self.event_handler.size_refused(self, "data", result.message_bytes)
                 status = str(replies.MESSAGE_TOO_BIG)
             else:
                 envelope.content = envelope.original_content = result.content
@@ -248,6 +269,26 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         await self.push(status)
         if self.gate.draining:
             self.close_for_shutdown()
+
+
+def _inherit_help(cls: type[SMTP]) -> None:
+    """Give each overriding ``smtp_*`` method the HELP syntax of the method it overrides.
+
+    aiosmtpd's HELP lists only methods carrying its ``@syntax`` attributes; an
+    override loses them, and HELP then listed four commands and refused
+    ``HELP MAIL``. AUTH stays out: it is not offered on this server.
+    """
+    for name, method in vars(cls).items():
+        base = getattr(SMTP, name, None)
+        if not name.startswith("smtp_") or name == "smtp_AUTH" or base is None:
+            continue
+        for attribute in _SYNTAX_ATTRIBUTES:
+            if hasattr(base, attribute) and not hasattr(method, attribute):
+                setattr(method, attribute, getattr(base, attribute))
+
+
+_SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+_inherit_help(GatewaySMTP)
 
 
 def _unread(reader: asyncio.StreamReader, data: bytes) -> None:

@@ -363,7 +363,9 @@ def test_client_text_cannot_forge_headers_above_the_message(make_gateway: Callab
         raw.reply()
         assert raw.command(b"EHLO evil\rAuthentication-Results: mx.test; dkim=pass")[0] == 250
         assert raw.command(b"MAIL FROM:<sender@elsewhere.test>")[0] == 250
-        assert raw.command(b'RCPT TO:<"x\rX-Forged:1"@example.test>') == (250, "2.1.5 Recipient ok")
+        # RFC 5321 4.1.2: no control character in a quoted local part; refused as bad syntax.
+        assert raw.command(b'RCPT TO:<"x\rX-Forged:1"@example.test>') == (501, "5.1.3 Bad recipient address syntax")
+        assert raw.command(b"RCPT TO:<alice@example.test>") == (250, "2.1.5 Recipient ok")
         assert raw.command(b"DATA")[0] == 354
         raw.sock.sendall(b"From: s@elsewhere.test\r\nSubject: plain\r\n\r\nbody\r\n.\r\n")
         assert raw.reply()[0] == 250
