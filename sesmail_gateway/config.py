@@ -29,10 +29,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``"10s"``, ``"5m"``, ``"1h"``, ``"5d"`` or a plain number."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"10s\" or \"5d\"")
+def parse_duration(value: str | int | float, *, allow_zero: bool = False) -> float:
+    """Seconds from ``"10s"``, ``"5m"``, ``"1h"``, ``"5d"``, ``"300"`` or a plain number."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a duration such as \"10s\" or \"5d\", got {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
@@ -40,7 +40,7 @@ def parse_duration(value: str | int | float) -> float:
         if not match:
             raise ValueError(f"expected a duration such as \"10s\" or \"5d\", got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("must be a positive duration")
     return seconds
 
@@ -171,7 +171,9 @@ _SECTION_TYPES = {
     "rules": RulesConfig, "archive": ArchiveConfig, "delivery": DeliveryConfig,
     "gmail": GmailConfig, "bounce": BounceConfig, "aws": AwsConfig, "metrics": MetricsConfig,
 }
-_DURATION_KEYS = {"delivery.max_age", "delivery.backoff_base", "delivery.backoff_max"}
+#: Every time-valued key is a ``float`` field holding seconds, and every ``float`` field is
+#: time-valued: so each one, present or future, accepts the same duration syntax ("300",
+#: "5m", "1h", "5d" or a number). Zero is allowed here; _validate says where it is not.
 _CHOICES = {
     "checks.dmarc": ("enforce", "monitor"),
     "checks.spf_fail": ("tag", "reject"),
@@ -185,8 +187,8 @@ _STORE_SCHEMES = {
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:
-    if key in _DURATION_KEYS:
-        return parse_duration(value)
+    if isinstance(default, float):
+        return parse_duration(value, allow_zero=True)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
@@ -195,10 +197,6 @@ def _convert(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
         return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")
@@ -241,6 +239,9 @@ def _validate(config: Config) -> None:
         "checks.dns_timeout": config.checks.dns_timeout,
         "delivery.concurrency": config.delivery.concurrency,
         "gmail.token_poll_seconds": config.gmail.token_poll_seconds,
+        "delivery.max_age": config.delivery.max_age,
+        "delivery.backoff_base": config.delivery.backoff_base,
+        "delivery.backoff_max": config.delivery.backoff_max,
     }
     for key, value in positive.items():
         if value <= 0:

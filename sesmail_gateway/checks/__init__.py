@@ -1,5 +1,5 @@
 """Email authentication: SPF, DKIM, ARC and DMARC verdicts, the policy table,
-and the Authentication-Results header (DESIGN 1.4).
+and the Authentication-Results header.
 
 Everything here is blocking and pure apart from DNS: the daemon runs
 :func:`evaluate` in a thread pool, with the one shared :class:`Resolver`.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
 from sesmail_gateway.cli import queue, routes, serve
-from sesmail_gateway.cli.common import CliError, common_parser
+from sesmail_gateway.cli.common import CliError, common_parser, os_error_line
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
 
@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (CliError, RouteStoreError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder that cannot be read, a disk that is full: one line, no traceback
+        print(f"{PROG}: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

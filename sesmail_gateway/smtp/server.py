@@ -31,7 +31,11 @@ def bind_socket(address: str, *, reuse_port: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port and hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, exc.strerror, f"smtp.listen {address}") from None  # name the key
     sock.listen(1024)
     sock.setblocking(False)
     return sock

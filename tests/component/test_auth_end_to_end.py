@@ -1,4 +1,4 @@
-"""Email authentication end to end (DESIGN 1.4): real SMTP into a real daemon,
+"""Email authentication end to end: real SMTP into a real daemon,
 whose checks ask a real DNS server on 127.0.0.1 holding the test zones, with
 messages DKIM-signed at test time. Each scenario follows the message to where
 it ends: the Maildir (or its ``.Junk`` folder), the ``rejected`` area and the
