@@ -66,13 +66,29 @@ async def test_a_failed_commit_raises_and_leaves_nothing_behind(tmp_path: Path) 
     assert spool.ids(INCOMING) == []
 
 
-async def test_without_syncfs_every_file_is_fsynced_before_enqueue_returns(tmp_path: Path) -> None:
+async def test_without_syncfs_every_file_is_fsynced_before_enqueue_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsyncs are observed (os.fsync is wrapped, and still called): each file, the message's
+    folder, and the state folder it is renamed into, all before enqueue returns."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def observed_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", observed_fsync)
     spool = Spool(tmp_path)
     spool.journaled = False  # as on a system without syncfs(2)
+    synced.clear()
     queued = item()
     await spool.enqueue(queued, b"x\r\n")
+    returned = list(synced)
     assert spool.ids(INCOMING) == [queued.id]  # at once: no background write
     assert list((tmp_path / "journal").iterdir()) == []
+    root = tmp_path.resolve()
+    tmp = root / "tmp" / queued.id
+    assert {str(tmp / "message.eml"), str(tmp / "meta.json"), str(tmp), str(root / INCOMING)} <= set(returned)
 
 
 async def test_claim_move_save_and_remove(tmp_path: Path) -> None:
@@ -243,14 +259,16 @@ async def test_a_failed_append_never_hides_later_messages_from_a_replay(tmp_path
     assert (tmp_path / INCOMING / later.id / "message.eml").read_bytes() == b"acknowledged after the failure\r\n"
 
 
-async def test_a_folder_that_cannot_be_written_yet_is_retried_until_it_can(tmp_path: Path) -> None:
+async def test_a_folder_that_cannot_be_written_yet_is_retried_until_it_can(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ready: list[str] = []
     spool = Spool(tmp_path, on_ready=ready.append)
     (tmp_path / INCOMING).rmdir()
     (tmp_path / INCOMING).write_text("in the way")  # the folder cannot be renamed into place
     queued = item()
     await spool.enqueue(queued, b"durable in the journal\r\n")  # acknowledged all the same
-    await asyncio.sleep(0.3)
+    while "cannot write" not in caplog.text:  # the first attempt to write the folder has failed
+        await asyncio.sleep(0.01)
     assert ready == []
     (tmp_path / INCOMING).unlink()
     (tmp_path / INCOMING).mkdir()
