@@ -241,3 +241,13 @@ def test_expired_signature_is_permerror(dns_server: TestDNSServer, resolver: Res
     expired = signer.sign(make_message()).replace(b"; t=", f"; x={expiry}; t=".encode(), 1)
     [result] = check_dkim(expired, resolver)
     assert result.result == "permerror" and "expired" in result.reason
+
+
+def test_signature_listing_too_many_fields_is_permerror_unverified(
+        dns_server: TestDNSServer, resolver: Resolver) -> None:
+    names = b":".join([b"from"] * 600)
+    message = b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.org; s=sel; h=" + names + b"; bh=x; b=y\r\n" \
+        + make_message()
+    [result] = check_dkim(message, resolver)
+    assert result.result == "permerror" and "600" not in result.reason and "512" in result.reason
+    assert dns_server.query_count() == 0
