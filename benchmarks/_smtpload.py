@@ -249,7 +249,7 @@ class _Session:
         self.writer.write(line + b"\r\n")
         return await self.reply()
 
-    async def transaction(self, payload: bytes) -> tuple[str, int]:
+    async def transaction(self, payload: bytes, rcpt: bytes = RCPT_TO.encode()) -> tuple[str, int]:
         """Run MAIL/RCPT/DATA; return ``(stage, code)`` -- ``("DATA", 250)`` on success.
 
         The caller bounds the time (one ``asyncio.timeout`` per transaction is
@@ -258,7 +258,7 @@ class _Session:
         code = await self.command(self.mail_command)
         if code != 250:
             return "MAIL", code
-        code = await self.command(b"RCPT TO:<" + RCPT_TO.encode() + b">")
+        code = await self.command(b"RCPT TO:<" + rcpt + b">")
         if code not in (250, 251):
             return "RCPT", code
         code = await self.command(b"DATA")
@@ -328,9 +328,12 @@ async def _worker(
                 if session is None:
                     session = await _Session.open(address, message.mail_from)
                 payload = message.render(seq)
+                # A source may spread its messages over recipients (recipient(seq)); most use RCPT_TO.
+                pick = getattr(message, "recipient", None)
+                rcpt = pick(seq).encode() if pick is not None else RCPT_TO.encode()
                 started = clock()
                 async with asyncio.timeout(STEP_TIMEOUT):
-                    stage, code = await session.transaction(payload)
+                    stage, code = await session.transaction(payload, rcpt)
             except (OSError, TimeoutError, SmtpProtocolError) as exc:
                 result.errors[_connection_error(exc)] += 1
                 if session is not None:

@@ -11,18 +11,19 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from typing import Any
 
 from sesmail_gateway import sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.checks.inspector import Inspector
 from sesmail_gateway.config import Config, ConfigError
+from sesmail_gateway.control import ControlServer
 from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.deliver.bounce import RuleBounce
+from sesmail_gateway.deliver.gmail import GmailDeliverer
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
-from sesmail_gateway.errors import TemporaryFailure
 from sesmail_gateway.fsutil import FilesystemSync, ensure_dir
-from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
 from sesmail_gateway.metrics import Metrics, MetricsServer
 from sesmail_gateway.routes import Action, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
@@ -32,6 +33,9 @@ from sesmail_gateway.runner import Runner
 from sesmail_gateway.smtp.handler import GatewayHandler
 from sesmail_gateway.smtp.server import SMTPServer
 from sesmail_gateway.spool import Spool, run_checkpoints
+from sesmail_gateway.tokens import ClientCredentials, TokenStore
+from sesmail_gateway.tokens.factory import load_client, open_token_store
+from sesmail_gateway.tokens.watcher import TokenWatcher
 from sesmail_gateway.workers import WorkerPool, worker_count
 
 log = logging.getLogger(__name__)
@@ -46,21 +50,25 @@ def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
 
 
-class _NotConfigured:
-    """An action whose backend is not set up: defer with a clear reason, never drop."""
+def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenStore]:
+    store = open_token_store(config)
 
-    def __init__(self, why: str) -> None:
-        self.why = why
+    def client() -> ClientCredentials | None:
+        return load_client(config, store)
 
-    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
-        raise TemporaryFailure(self.why)
+    deliverer = GmailDeliverer(
+        store=store, client=client, label_ids=config.gmail.label_ids, api_endpoint=config.gmail.api_endpoint,
+        token_uri=config.gmail.token_uri,
+        on_import=lambda account, seconds: metrics.gmail_import_seconds.observe(seconds),
+    )
+    return deliverer, store
 
 
-def build_deliverers(config: Config, fs: FilesystemSync) -> Mapping[str, Deliverer]:
+def build_deliverers(config: Config, fs: FilesystemSync, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
     return {
         "maildir": MaildirDeliverer(config.data_dir, fs),
         "bounce": RuleBounce(),
-        "forward-to-gmail": _NotConfigured("Gmail delivery is not available in this version"),
+        "forward-to-gmail": gmail,
     }
 
 
@@ -87,11 +95,15 @@ class Gateway:
         self.store = open_route_store(config)
         seed_default_route(self.store, config)
         self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
+        self.gmail, token_store = open_gmail(config, self.metrics)
         self.runner = Runner(
             spool=self.spool, archiver=open_archiver(config, self.spool.fs),
-            deliverers=build_deliverers(config, self.spool.fs),
+            deliverers=build_deliverers(config, self.spool.fs, self.gmail),
             config=config.delivery, metrics=self.metrics,
         )
+        self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
+                                   config=config.gmail, metrics=self.metrics)
+        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens})
         self.spool.on_ready = self.runner.notify
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
@@ -107,6 +119,7 @@ class Gateway:
         self.metrics_server: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
+        self._token_watch: asyncio.Task[None] | None = None
         self.bound: list[tuple[str, int]] = []
 
     def healthy(self) -> tuple[bool, str]:
@@ -121,6 +134,8 @@ class Gateway:
     async def start(self) -> None:
         await self.runner.start()
         self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
+        self._token_watch = asyncio.create_task(self.tokens.run())
+        await self.control.start()
         if self.smtp is not None:
             self.bound = await self.smtp.start()
         if self.pool is not None:
@@ -129,14 +144,20 @@ class Gateway:
             self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
             self.metrics_server.start()
 
+    async def _reload_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command from `token import` / `token refresh`: re-read the token store now."""
+        released = await self.tokens.check()
+        return {"ok": True, "released": released}
+
     def reload(self) -> None:
-        """SIGHUP: forget cached routes (and, with Gmail, re-read tokens)."""
+        """SIGHUP: forget cached routes and re-read the token store."""
+        self.tokens.wake()
         self.resolver.invalidate()
         if self.inspector is not None:
             self.inspector.invalidate()
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
-        log.info("reload: rule and DNS caches cleared")
+        log.info("reload: rule and DNS caches cleared, token store re-read")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -148,6 +169,9 @@ class Gateway:
             await self.smtp.drain(timeout=self.config.smtp.data_timeout)
         if self.pool is not None:
             await self.pool.stop()
+        await self.control.stop()
+        if self._token_watch is not None:
+            self._token_watch.cancel()
         await self.runner.stop()
         if self._checkpoints is not None:
             self._checkpoints.cancel()

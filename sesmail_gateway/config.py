@@ -122,6 +122,8 @@ class GmailConfig:
     token_uri: str = ""
     label_ids: tuple[str, ...] = ("INBOX", "UNREAD")
     token_poll_seconds: float = 30.0
+    # Google "Testing" apps' refresh tokens die 7 days after issue; 0 = a published app's never do.
+    refresh_token_lifetime: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,6 +270,12 @@ def _validate(config: Config) -> None:
             parse_hostport(config.metrics.listen)
         except ValueError as exc:
             fail("metrics.listen", str(exc))
+    for label in config.gmail.label_ids:
+        if not label.strip():
+            fail("gmail.label_ids", "a label id or name must not be empty")
+    for key, url in (("gmail.api_endpoint", config.gmail.api_endpoint), ("gmail.token_uri", config.gmail.token_uri)):
+        if url and not url.startswith(("https://", "http://")):
+            fail(key, f"expected an http(s) URL, got {url!r}")
     if "@" not in config.bounce.sender:
         fail("bounce.sender", f"not an address: {config.bounce.sender!r}")
 

@@ -30,14 +30,23 @@ STATES = (INCOMING, ACTIVE, DEFERRED, HELD, DEAD, REJECTED)
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """A spooled message: its bytes, and the spool file that holds them.
+    """A spooled message: the spool file that holds its bytes, and its size.
 
-    The spool file never changes once written, so local targets (folder
-    archive, Maildir) may hard-link it instead of writing another copy.
+    Nothing reads the bytes into memory unless it needs them: local targets
+    (folder archive, Maildir) hard-link the file, which never changes once
+    written, and remote ones stream it. ``read()`` is for what must hold
+    the whole message (a small upload).
     """
 
-    data: bytes
     path: Path
+    size: int
+
+    @classmethod
+    def at(cls, path: Path) -> StoredMessage:
+        return cls(path, path.stat().st_size)
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
 
 
 @dataclass
@@ -92,6 +101,8 @@ class QueueItem:
     next_attempt: float = 0.0
     reason: str = ""
     held_account: str = ""
+    # When the held account's token was issued; only a newer token releases the message.
+    held_token_issued: float = 0.0
     state: str = INCOMING
 
     @property

@@ -8,7 +8,7 @@ from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -56,6 +56,15 @@ class Metrics:
             ["method", "result"], registry=r,
         )
         self.accept_bytes = Counter("sesmail_accepted_bytes", "Bytes of accepted messages", registry=r)
+        self.gmail_token_seconds_left = Gauge(
+            "sesmail_gmail_token_seconds_left",
+            "Seconds until the account's Gmail refresh token is assumed to expire (+Inf: never)",
+            ["account"], registry=r,
+        )
+        self.gmail_import_seconds = Histogram(
+            "sesmail_gmail_import_seconds", "Time of one Gmail import request, upload included",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0), registry=r,
+        )
 
     # The session-side events: also implemented by workers.MetricsRelay in worker processes.
 

@@ -122,23 +122,45 @@ class Runner:
         """A message was just queued in ``incoming``."""
         self._submit(INCOMING, queue_id)
 
-    def release_held(self, account: str | None = None) -> int:
-        """Move held messages (all, or one account's) back to work; returns how many."""
-        released = 0
-        for item in self.spool.items(HELD):
+    async def release_held(self, account: str | None = None, *, issued_after: float | None = None) -> int:
+        """Move held messages back to work, oldest first; returns how many.
+
+        ``account`` limits it to that account's messages; ``issued_after``
+        to those held on a token issued before that time (a newer token
+        releases them, the same token does not).
+        """
+        released = await self._run(self._release_held, account, issued_after)
+        for queue_id in released:
+            self._submit(INCOMING, queue_id)
+        return len(released)
+
+    def _release_held(self, account: str | None, issued_after: float | None) -> list[str]:
+        released: list[str] = []
+        for item in sorted(self.spool.items(HELD), key=lambda i: i.created):
             if account is not None and item.held_account != account:
                 continue
+            if issued_after is not None and item.held_token_issued >= issued_after:
+                continue
+            held_account = item.held_account
             item.held_account = ""
+            item.held_token_issued = 0.0
             item.reason = ""
             self.spool.save(item)
             try:
                 self.spool.move(item, INCOMING)
             except SpoolError:
                 continue
-            maillog.event("released", item.id, account=account)
-            self._submit(INCOMING, item.id)
-            released += 1
+            maillog.event("released", item.id, account=held_account)
+            released.append(item.id)
         return released
+
+    def held_accounts(self) -> dict[str, tuple[int, float]]:
+        """Accounts with held messages: (how many, the newest token issue time they were held on). Blocks."""
+        accounts: dict[str, tuple[int, float]] = {}
+        for item in self.spool.items(HELD):
+            count, issued = accounts.get(item.held_account, (0, 0.0))
+            accounts[item.held_account] = (count + 1, max(issued, item.held_token_issued))
+        return accounts
 
     # -- feeding -----------------------------------------------------------
 
@@ -225,8 +247,7 @@ class Runner:
             item = self.spool.claim(state, queue_id)
         except SpoolError:
             return None  # moved or deleted meanwhile (queue retry/delete, another runner)
-        path = self.spool.message_path(item)
-        message = StoredMessage(path.read_bytes(), path)
+        message = StoredMessage.at(self.spool.message_path(item))
         if not item.archived and not self._archive(item, message):
             return item
         for delivery in item.pending():
@@ -274,8 +295,9 @@ class Runner:
     def _record_failure(self, item: QueueItem, delivery: Delivery, error: DeliveryError) -> None:
         delivery.last_error = str(error)
         if isinstance(error, TokenExpired):
-            # Held: no attempt is spent; a new token releases it.
-            item.held_account = delivery.target
+            # Held: no attempt is spent; a newer token releases it.
+            item.held_account = error.account or delivery.target.lower()
+            item.held_token_issued = max(item.held_token_issued, error.issued_at)
             self.metrics.deliveries.labels(action=delivery.action, outcome="held").inc()
             return
         delivery.attempts += 1
@@ -296,12 +318,16 @@ class Runner:
             else:
                 self.spool.finish(item)
             return
-        if item.held_account:
-            item.reason = f"held: Gmail token for {item.held_account} is expired or revoked"
+        if item.held_account and all(d.action == "forward-to-gmail" and d.target.lower() == item.held_account
+                                     for d in pending):
+            # Everything left waits for that account's token: hold, spending neither attempts nor age.
+            item.reason = f"held: {pending[0].last_error}"
             self.spool.save(item)
             self.spool.move(item, HELD)
             maillog.event("held", item.id, account=item.held_account, reason=pending[0].last_error)
             return
+        # Other deliveries are still worth retrying: defer; the held one fails fast meanwhile.
+        item.held_account = ""
         if self.clock() - item.created >= self.config.max_age:
             for delivery in pending:
                 delivery.status = FAILED

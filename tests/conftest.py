@@ -15,6 +15,7 @@ import pytest
 
 from sesmail_gateway.checks.dns import Resolver
 from tests.dnsserver import TestDNSServer
+from tests.gmailserver import certificate as gmail_certificate
 from tests.helpers import (  # noqa: F401  (re-exported for tests that import them from conftest)
     ROOT,
     Gateway,
@@ -64,3 +65,6 @@ def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
 
 
 os.environ.pop("SESMAIL_GATEWAY_CONFIG", None)
+# httplib2 reads its CA bundle once, when first imported (test collection may import it): trust the
+# local Gmail test server's certificate from the start. Nothing in the tests reaches another HTTPS server.
+os.environ["HTTPLIB2_CA_CERTS"] = str(gmail_certificate()[0])

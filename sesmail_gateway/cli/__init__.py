@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
-from sesmail_gateway.cli import queue, routes, serve
+from sesmail_gateway.cli import queue, routes, serve, token
 from sesmail_gateway.cli.common import CliError, common_parser, os_error_line
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
+from sesmail_gateway.tokens import TokenStoreError
 
 PROG = "sesmail-gateway"
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub, common)
     routes.register(sub, common)
     queue.register(sub, common)
+    token.register(sub, common)
     return parser
 
 
@@ -41,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: config: {exc}", file=sys.stderr)
         return 2
-    except (CliError, RouteStoreError) as exc:
+    except (CliError, RouteStoreError, TokenStoreError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a folder that cannot be read, a disk that is full: one line, no traceback

@@ -91,10 +91,10 @@ def spool(tmp_path: Path) -> Spool:
 
 
 async def started(spool: Spool, tmp_path: Path, target: ScriptedTarget, *, archive: FolderArchiver | None = None,
-                  max_age: float = 3600.0) -> Runner:
+                  max_age: float = 3600.0, concurrency: int = 4) -> Runner:
     runner = Runner(
         spool=spool, archiver=archive or FolderArchiver(tmp_path / "archive"), deliverers={"maildir": target},
-        config=DeliveryConfig(concurrency=4, max_age=max_age, backoff_base=0.05, backoff_max=0.1),
+        config=DeliveryConfig(concurrency=concurrency, max_age=max_age, backoff_base=0.05, backoff_max=0.1),
         metrics=Metrics(), poll_seconds=0.05,
     )
     spool.on_ready = runner.notify
@@ -171,25 +171,69 @@ async def test_unknown_errors_are_temporary(spool: Spool, tmp_path: Path) -> Non
     await runner.stop()
 
 
+def gmail_item(*accounts: str) -> QueueItem:
+    recipients = [RecipientRoute(f"user{i}@example.test", "*", "catch-all", [{"type": "forward-to-gmail", "target": a}])
+                  for i, a in enumerate(accounts)]
+    return QueueItem(id=new_queue_id(), sender="a@sender.test", recipients=recipients,
+                     deliveries=plan_deliveries(recipients))
+
+
+async def gmail_runner(spool: Spool, tmp_path: Path, target: ScriptedTarget, concurrency: int = 4) -> Runner:
+    runner = await started(spool, tmp_path, ScriptedTarget(), concurrency=concurrency)
+    runner.deliverers = {"forward-to-gmail": target}
+    return runner
+
+
 async def test_expired_token_holds_without_spending_attempts(spool: Spool, tmp_path: Path) -> None:
-    target = ScriptedTarget(TokenExpired("invalid_grant"), None)
-    runner = await started(spool, tmp_path, target)
-    queued = make_item("me@gmail.test")
+    target = ScriptedTarget(TokenExpired("invalid_grant", account="me@gmail.test", issued_at=100.0), None)
+    runner = await gmail_runner(spool, tmp_path, target)
+    queued = gmail_item("me@gmail.test")
     await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == HELD)
     held = spool.find(queued.id)
     assert held.attempts == 0 and held.deliveries[0].attempts == 0
-    assert held.held_account == "me@gmail.test"
-    # Held means held: no retries on a timer. A later message delivered is the sign the runner
-    # went on working meanwhile.
-    later = make_item("other@gmail.test")
-    await queue(spool, later)
-    await until(lambda: later.id in [call[0] for call in target.calls] and where(spool, later.id) is None)
-    assert [call[0] for call in target.calls] == [queued.id, later.id]
-    assert runner.release_held("someone-else@gmail.test") == 0
-    assert runner.release_held("me@gmail.test") == 1
+    assert held.held_account == "me@gmail.test" and held.held_token_issued == 100.0
+    assert "invalid_grant" in held.reason
+    assert runner.held_accounts() == {"me@gmail.test": (1, 100.0)}
+    assert await runner.release_held("someone-else@gmail.test") == 0
+    # The token it failed on, or an older one, releases nothing; a newer one does.
+    assert await runner.release_held("me@gmail.test", issued_after=100.0) == 0
+    assert len(target.calls) == 1
+    assert await runner.release_held("me@gmail.test", issued_after=101.0) == 1
     await until(lambda: where(spool, queued.id) is None)
     await runner.stop()
+    assert len(target.calls) == 2
+
+
+async def test_held_messages_resume_oldest_first(spool: Spool, tmp_path: Path) -> None:
+    dead = TokenExpired("invalid_grant", account="me@gmail.test", issued_at=5.0)
+    target = ScriptedTarget(dead, dead, dead)
+    runner = await gmail_runner(spool, tmp_path, target, concurrency=1)  # one at a time: the order shows
+    items = [gmail_item("me@gmail.test") for _ in range(3)]
+    for index, item in enumerate(reversed(items)):
+        item.created = 1000.0 + index  # queued newest first
+        await queue(spool, item)
+        await until(lambda item=item: where(spool, item.id) == HELD)  # type: ignore[misc]
+    target.calls.clear()
+    assert await runner.release_held("me@gmail.test", issued_after=6.0) == 3
+    await until(lambda: len(target.calls) == 3)
+    await runner.stop()
+    resumed = [queue_id for queue_id, _ in target.calls]
+    assert resumed == [i.id for i in sorted(items, key=lambda i: i.created)]
+
+
+async def test_a_held_account_does_not_hold_other_deliveries(spool: Spool, tmp_path: Path) -> None:
+    # Two accounts: one token is dead, the other delivers; the message is not held on the dead one alone
+    # while the other still has work, and a held message keeps what was delivered.
+    target = ScriptedTarget(TokenExpired("invalid_grant", account="dead@gmail.test"), None)
+    runner = await gmail_runner(spool, tmp_path, target)
+    queued = gmail_item("dead@gmail.test", "alive@gmail.test")
+    await queue(spool, queued)
+    await until(lambda: where(spool, queued.id) == HELD)
+    await runner.stop()
+    held = spool.find(queued.id)
+    assert [d.status for d in held.deliveries] == [PENDING, DELIVERED]
+    assert held.held_account == "dead@gmail.test"
 
 
 async def test_messages_older_than_max_age_go_dead(spool: Spool, tmp_path: Path) -> None:
