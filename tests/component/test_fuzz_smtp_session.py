@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-FUZZ_SECONDS = 75
+FUZZ_SECONDS = 60
 
 
 @pytest.mark.slow
