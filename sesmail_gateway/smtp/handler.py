@@ -8,6 +8,7 @@ test pins the names (``handle_EHLO``, ``handle_MAIL``, ``handle_RCPT``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import re
@@ -89,6 +90,7 @@ class GatewayHandler:
         if address and address != NULL_SENDER and split_address(address) is None:
             maillog.event("rejected", None, stage="mail", session=getattr(server, "session_id", None),
                           client=_peer_ip(session), sender=address, reply=str(replies.BAD_SENDER))
+            _logged(server)
             return str(replies.BAD_SENDER)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -102,6 +104,7 @@ class GatewayHandler:
             self.metrics.refused(_reason(reply))
             maillog.event("rejected", None, stage="rcpt", session=getattr(server, "session_id", None),
                           client=_peer_ip(session), sender=envelope.mail_from, recipient=address, reply=str(reply))
+            _logged(server)
             return str(reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -138,12 +141,14 @@ class GatewayHandler:
             if refusal is None:
                 self.metrics.refused("spool-error")
                 maillog.event("rejected", item.id, stage="data", reply=str(replies.SPOOL_ERROR), error=str(exc))
+                _logged(server)
                 return str(replies.SPOOL_ERROR)
         if refusal is not None:
             # Refused, but kept in rejected/ for review; `queue release` delivers it after all.
             self.metrics.refused(f"{inspection.decision.reply_key}-policy")
             maillog.event("rejected", item.id, stage="data", sender=item.sender, reply=str(refusal),
                           reason=item.reason, verdicts=item.verdicts)
+            _logged(server)
             return str(refusal)
         self.metrics.message_accepted(item.size)
         maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
@@ -167,6 +172,7 @@ class GatewayHandler:
         maillog.event("rejected", None, stage=stage, session=getattr(server, "session_id", None),
                       client=_peer_ip(server.session), reply=str(replies.MESSAGE_TOO_BIG),
                       reason=f"message size {size} over the limit {self.config.smtp.max_message_size}")
+        _logged(server)
 
     # -- policy ------------------------------------------------------------
 
@@ -204,6 +210,12 @@ class GatewayHandler:
 
 # Why a message is refused at the end of DATA (the policy's reply_key) → the reply.
 REFUSALS = {"dmarc": replies.DMARC_REJECT, "spf": replies.SPF_REJECT, "from": replies.FROM_REJECT}
+
+
+def _logged(server: Any) -> None:
+    """The refusal about to be sent has its log line: the session does not log it again."""
+    with contextlib.suppress(AttributeError):
+        server.refusal_logged = True
 
 
 def _sender(address: str) -> str:

@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
 
@@ -36,12 +36,15 @@ class _CommandTable(dict[str, Any]):
     here they count against ``junk_command_limit`` like NOOP and RSET.
     """
 
-    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]]) -> None:
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]],
+                 on_command: Callable[[str], None]) -> None:
         super().__init__(methods)
         self.unknown = unknown
+        self.on_command = on_command
 
     def get(self, command: str, default: Any = None) -> Any:
         method = super().get(command)
+        self.on_command(command if method is not None else "unknown")  # names the stage of log lines
         return method if method is not None else functools.partial(self.unknown, command)
 
 
@@ -87,7 +90,25 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.in_data = False
         self.stage = "connect"  # the command being handled, for log lines
         self.session_id = secrets.token_hex(6)
-        self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command)
+        self.refusal_logged = False  # the next 4xx/5xx reply has its log line already
+        self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command, self._on_command)
+
+    def _on_command(self, command: str) -> None:
+        self.stage = command.lower()
+
+    def log_refusal(self, reply: str | None = None, **fields: Any) -> None:
+        """The one log line of a refusal (the reply that follows is not logged again)."""
+        maillog.event("rejected", None, stage=self.stage, session=self.session_id, client=self.client_ip,
+                      reply=reply, **fields)
+        self.refusal_logged = True
+
+    async def push(self, status: AnyStr) -> None:
+        """Every 4xx/5xx reply is one rejected log line: ours say more and log it themselves;
+        aiosmtpd's own refusals (503 out of sequence, 501 syntax, 500 line too long) are logged here."""
+        if isinstance(status, str) and status[:1] in ("4", "5") and not self.refusal_logged:
+            self.log_refusal(status)
+        self.refusal_logged = False
+        await super().push(status)
 
     @property
     def client_ip(self) -> str:
@@ -99,7 +120,6 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     async def _handle_client(self) -> None:
         refusal = self.gate.admit(self)
         if refusal is not None:
-            log.info("smtp: session %s: refused %s: %s", self.session_id, self.client_ip, refusal)
             self.event_handler.connection_refused(refusal)
             await self.push(str(refusal))
             if self.transport is not None:
@@ -136,7 +156,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.junk_used += 1
         if self.junk_used <= self.junk_limit:
             return False
-        log.info("smtp: %s over the junk command limit (%s)", self.client_ip, command)
+        self.log_refusal(str(replies.TOO_MANY_JUNK), reason=f"over the junk command limit ({command})")
         await self.push(str(replies.TOO_MANY_JUNK))
         if self.transport is not None:
             self.transport.close()
@@ -201,8 +221,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
                 if address is not None:
                     return address, rest
                 why = "address does not parse"
-        maillog.event("rejected", None, stage=self.stage, session=self.session_id, client=self.client_ip,
-                      reason=why)
+        self.log_refusal(reason=why)
         return None, None
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -223,8 +242,8 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
 
     async def _refuse_while_draining(self, stage: str) -> None:
         """A new transaction during a drain: 421 4.3.2 and hang up."""
-        maillog.event("rejected", None, stage=stage, session=self.session_id, client=self.client_ip,
-                      reply=str(replies.SHUTTING_DOWN), reason="shutting down")
+        self.stage = stage
+        self.log_refusal(str(replies.SHUTTING_DOWN), reason="shutting down")
         await self.push(str(replies.SHUTTING_DOWN))
         if self.transport is not None:
             self.transport.close()

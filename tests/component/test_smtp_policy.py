@@ -165,7 +165,8 @@ def test_foreign_domain_is_refused_550_571_and_logged(make_gateway: Callable[...
         # Without an accepted recipient there is no transaction.
         assert client.docmd("DATA")[0] == 503
     rejected = gw.events("rejected")
-    assert [e["recipient"] for e in rejected] == ["victim@relay.test", "x@sub.example.test"]
+    assert [e.get("recipient") for e in rejected] == ["victim@relay.test", "x@sub.example.test", None]
+    assert (rejected[2]["stage"], rejected[2]["reply"][:3]) == ("data", "503")  # every refusal, one line
     first = rejected[0]
     assert first["stage"] == "rcpt"
     assert first["reply"].startswith("550 5.7.1 ")

@@ -59,3 +59,25 @@ def test_vrfy_with_bytes_that_are_not_utf8_is_a_syntax_error(gateway: Gateway, l
     assert client.command(b"VRFY alice@example.test").startswith("252 ")
     client.close()
     assert "Traceback" not in gateway.log()
+
+
+def test_every_refusal_is_one_log_line_even_those_aiosmtpd_makes(gateway: Gateway) -> None:
+    """503 out of sequence, 501 syntax, 500 too long, unknown commands: each one rejected line,
+    with the session id; a refusal our own code logs is not logged twice."""
+    client = RawSMTP(gateway.port)
+    assert client.reply().startswith("220 ")
+    refusals = [client.command(b"MAIL FROM:<a@elsewhere.test>"),  # before EHLO: 503
+                client.command(b"EHLO client.test"),
+                client.command(b"RCPT TO:<alice@example.test>"),  # before MAIL: 503
+                client.command(b"MAIL FROM:"),  # 501
+                client.command(b"FROB"),  # 500
+                client.command(b"NOOP " + b"x" * 2000),  # 500 line too long
+                client.command(b"MAIL FROM:<a@elsewhere.test>"),
+                client.command(b"RCPT TO:<x@foreign.example>")]  # 550, logged by the handler
+    client.close()
+    codes = [reply[:3] for reply in refusals]
+    assert codes == ["503", "250", "503", "501", "500", "500", "250", "550"], refusals
+    rejected = gateway.events("rejected")
+    assert [e["reply"][:3] for e in rejected] == ["503", "503", "501", "500", "500", "550"]
+    assert len({e["session"] for e in rejected}) == 1
+    assert [e["stage"] for e in rejected][:4] == ["mail", "rcpt", "mail", "unknown"]
