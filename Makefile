@@ -5,7 +5,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= config/local.toml
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench bench-aws clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(TEST_STAMP) lint typecheck
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/smtp_accept.py
+
+bench-aws: $(TEST_STAMP)
+	$(PY) benchmarks/aws_backends.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

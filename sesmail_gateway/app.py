@@ -13,18 +13,23 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from sesmail_gateway import sdnotify
+from sesmail_gateway import control, sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.archive.s3 import S3Archiver
+from sesmail_gateway.bounce import Bouncer
+from sesmail_gateway.bounce.ses import SesSender
 from sesmail_gateway.checks.inspector import Inspector
+from sesmail_gateway.cloudwatch import CloudWatchPublisher
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.control import ControlServer
 from sesmail_gateway.deliver import Deliverer
 from sesmail_gateway.deliver.bounce import RuleBounce
 from sesmail_gateway.deliver.gmail import GmailDeliverer
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
-from sesmail_gateway.fsutil import FilesystemSync, ensure_dir
+from sesmail_gateway.fsutil import PendingSyncs, ensure_dir
 from sesmail_gateway.metrics import Metrics, MetricsServer
+from sesmail_gateway.queue_ops import QueueOpError
 from sesmail_gateway.routes import Action, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
 from sesmail_gateway.routes.records import utc_now
@@ -43,11 +48,24 @@ log = logging.getLogger(__name__)
 DEFAULT_MAILDIR = "mail"
 
 
-def open_archiver(config: Config, fs: FilesystemSync) -> Archiver:
+def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
     scheme, _, rest = config.archive.url.partition("://")
     if scheme == "file":
-        return FolderArchiver(config.data_path(rest or "archive"), fs)
+        return FolderArchiver(config.data_path(rest or "archive"), syncs)
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ConfigError(f"archive.url: expected s3://BUCKET/PREFIX, got {config.archive.url!r}")
+        return S3Archiver(bucket, prefix, aws_config=config.aws, kms_key_id=config.archive.kms_key_id)
     raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
+
+
+def open_bouncer(config: Config, spool: Spool) -> Bouncer | None:
+    """With ``bounce.mode = "dsn"``, dead letters may earn a DSN sent through SES."""
+    if config.bounce.mode != "dsn":
+        return None
+    return Bouncer(sender=SesSender(config.aws), from_address=config.bounce.sender,
+                   reporting_mta=config.gateway.hostname, message_path=spool.message_path)
 
 
 def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenStore]:
@@ -64,9 +82,9 @@ def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenS
     return deliverer, store
 
 
-def build_deliverers(config: Config, fs: FilesystemSync, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
+def build_deliverers(config: Config, syncs: PendingSyncs, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
     return {
-        "maildir": MaildirDeliverer(config.data_dir, fs),
+        "maildir": MaildirDeliverer(config.data_dir, syncs),
         "bounce": RuleBounce(),
         "forward-to-gmail": gmail,
     }
@@ -89,7 +107,17 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         ensure_dir(config.data_dir)
+        # Before anything else touches the data dir: one daemon per spool.
+        self._lock_fd = control.lock_data_dir(config.data_dir)
         self.metrics = Metrics()
+        # Then the sockets, so a taken port stops start-up before anything touches the spool.
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.listen:
+            try:
+                self.metrics_server = MetricsServer(self.metrics, config.metrics.listen, self.healthy)
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
+                                  f"{exc.strerror}") from None
         self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit, sweeper=True)
         self.metrics.track_queue(self.spool.counts)
         self.store = open_route_store(config)
@@ -97,13 +125,14 @@ class Gateway:
         self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
         self.gmail, token_store = open_gmail(config, self.metrics)
         self.runner = Runner(
-            spool=self.spool, archiver=open_archiver(config, self.spool.fs),
-            deliverers=build_deliverers(config, self.spool.fs, self.gmail),
-            config=config.delivery, metrics=self.metrics,
+            spool=self.spool, archiver=open_archiver(config, self.spool.syncs),
+            deliverers=build_deliverers(config, self.spool.syncs, self.gmail),
+            config=config.delivery, metrics=self.metrics, bouncer=open_bouncer(config, self.spool),
         )
+        self.metrics.track_destinations(self.runner.destinations.status)
         self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
                                    config=config.gmail, metrics=self.metrics)
-        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens})
+        self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
         self.spool.on_ready = self.runner.notify
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
@@ -116,7 +145,7 @@ class Gateway:
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
-        self.metrics_server: MetricsServer | None = None
+        self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
         self._token_watch: asyncio.Task[None] | None = None
@@ -129,25 +158,41 @@ class Gateway:
             return False, "smtp worker(s) down"
         if not os.access(self.spool.root / "tmp", os.W_OK):
             return False, "spool not writable"
+        if self.spool.syncs.failed is not None:
+            return False, f"spool fsync failed ({self.spool.syncs.failed.strerror}): journals kept for a restart"
         return True, f"queue {self.spool.counts()}"
 
     async def start(self) -> None:
-        await self.runner.start()
+        await self.control.start()
+        await self.runner.start()  # recovery, then delivery
         self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
         self._token_watch = asyncio.create_task(self.tokens.run())
-        await self.control.start()
         if self.smtp is not None:
             self.bound = await self.smtp.start()
         if self.pool is not None:
             await self.pool.start(abort=self._stop)
-        if self.config.metrics.listen:
-            self.metrics_server = MetricsServer(self.metrics, self.config.metrics.listen, self.healthy)
+        if self.metrics_server is not None:
             self.metrics_server.start()
+        if self.config.metrics.cloudwatch_namespace:
+            self.cloudwatch = CloudWatchPublisher(self.metrics.registry, self.config.metrics.cloudwatch_namespace,
+                                                  aws_config=self.config.aws)
+            self.cloudwatch.start()
 
     async def _reload_tokens(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control command from `token import` / `token refresh`: re-read the token store now."""
         released = await self.tokens.check()
         return {"ok": True, "released": released}
+
+    async def _queue_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control command from `queue retry|delete|release`."""
+        try:
+            message = await self.runner.operate(str(request.get("action", "")), str(request.get("id") or ""),
+                                                every=bool(request.get("all")))
+        except QueueOpError as exc:
+            return {"ok": False, "error": str(exc)}
+        except OSError as exc:
+            return {"ok": False, "error": f"spool: {exc.strerror or exc}"}
+        return {"ok": True, "message": message}
 
     def reload(self) -> None:
         """SIGHUP: forget cached routes and re-read the token store."""
@@ -178,6 +223,8 @@ class Gateway:
         await self.spool.close()
         if self.metrics_server:
             self.metrics_server.stop()
+        if self.cloudwatch is not None:  # one last publish, off the loop
+            await asyncio.to_thread(self.cloudwatch.stop)
         self.store.close()
         log.info("shutdown: done")
 

@@ -1,4 +1,4 @@
-"""The control socket: how commands reach the running daemon.
+"""The data dir's lock and control socket: one daemon per data dir, and how commands reach it.
 
 A unix socket ``<data_dir>/control.sock``, owner only (mode 0600, in a
 folder the daemon owns). One JSON request line, one JSON answer line.
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from sesmail_gateway.config import ConfigError
 
 SOCKET_NAME = "control.sock"
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -82,3 +85,21 @@ def send(data_dir: Path, command: str, timeout: float = 10.0, **fields: Any) -> 
             data += chunk
     answer = json.loads(data or b"{}")
     return answer if isinstance(answer, dict) else None
+
+
+LOCK_NAME = "gateway.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for the daemon's life; ConfigError (exit 2) if another has it."""
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"gateway.data_dir: {data_dir} is in use by another sesmail-gateway (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

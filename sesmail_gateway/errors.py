@@ -44,6 +44,28 @@ class TokenExpired(DeliveryError):
 # OS errors that no retry will cure.
 _PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL}
 
+# AWS error codes that no retry will cure (missing or forbidden resources, bad requests).
+# Everything else from AWS (throttling, 5xx, network) is temporary.
+_PERMANENT_AWS_CODES = {
+    "AccessDenied", "AccessDeniedException", "NoSuchBucket", "InvalidBucketName", "InvalidArgument",
+    "InvalidRequest", "ValidationException", "ValidationError", "InvalidParameterValue",
+    "MessageRejected", "MailFromDomainNotVerifiedException", "NotFoundException",
+    "KMS.NotFoundException", "KMS.DisabledException", "ResourceNotFoundException",
+}
+
+
+def _classify_aws(exc: BaseException) -> DeliveryError | None:
+    """botocore's ClientError by error code; its connection and timeout errors are temporary."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        kind = PermanentFailure if code in _PERMANENT_AWS_CODES else TemporaryFailure
+        return kind(str(exc))
+    if isinstance(exc, BotoCoreError):
+        return TemporaryFailure(f"{type(exc).__name__}: {exc}")
+    return None
+
 
 # Gmail answers 403 with these reasons when a quota, not a permission, is the problem.
 _GMAIL_RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "concurrentLimitExceeded"}
@@ -59,6 +81,9 @@ def classify(exc: BaseException) -> DeliveryError:
     """
     if isinstance(exc, DeliveryError):
         return exc
+    aws_error = _classify_aws(exc)
+    if aws_error is not None:
+        return aws_error
     google = _classify_google(exc)
     if google is not None:
         return google

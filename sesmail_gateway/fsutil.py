@@ -1,16 +1,31 @@
-"""The one OS seam for durable files: write, fsync, rename, fsync the folder."""
+"""The one OS seam for durable files: write, fsync, rename, fsync the folder.
+
+The durability model is POSIX's and nothing more: a file's data is durable
+once the file is fsynced (or fdatasynced); a name in a folder (created,
+renamed, linked, removed) is durable once that folder is fsynced. A rename
+between two folders is durable when both are. ``syncfs``/``sync`` are never
+used: they flush other processes' data too, report writeback errors only on
+recent kernels, and flush nothing at all on some network and FUSE
+filesystems while still returning success.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import os
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path, *, missing_ok: bool = False) -> None:
     """Make a folder's entries (creations, renames, removals) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
@@ -66,46 +81,74 @@ def link_or_copy(src: Path, dst: Path, *, sync: bool) -> None:
 
 
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    """Create ``path`` and any missing parents, each named durably (its parent fsynced)."""
+    if path.is_dir():
+        return path
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=mode)
+        fsync_dir(folder.parent)
     return path
 
 
-class FilesystemSync:
-    """Flush whole filesystems at once with syncfs(2), where the OS has it.
+class PendingSyncs:
+    """Files and folders written without fsync, to be made durable together later.
 
-    One syncfs makes every file written before it durable, so many messages
-    written by concurrent sessions and deliveries share one flush (group
-    commit). Every folder that holds such unsynced files is tracked, and
-    each distinct filesystem among them is flushed. Where syncfs is missing,
-    ``available`` is False and writers fsync each file themselves.
+    Writers (the folder archive, Maildir delivery) note what they created;
+    the spool's checkpoint calls ``flush`` before it deletes the journal
+    that still holds those messages. Only ``fsync`` of files and of folders
+    counts as durable (POSIX); ``syncfs``/``sync`` are never relied on.
+    A failed fsync is sticky: the kernel may have dropped the pages it
+    could not write, so a later fsync that succeeds proves nothing. Once
+    ``failed`` is set, ``flush`` raises every time and the caller keeps its
+    journals for the next start-up to replay.
     """
 
-    def __init__(self, *anchors: Path) -> None:
-        self._anchors: dict[int, Path] = {}
-        self._syncfs = None
-        name = ctypes.util.find_library("c")
-        if name and hasattr(os, "O_DIRECTORY"):
-            libc = ctypes.CDLL(name, use_errno=True)
-            self._syncfs = getattr(libc, "syncfs", None)
-        for anchor in anchors:
-            self.track(anchor)
+    def __init__(self) -> None:
+        self._files: set[Path] = set()
+        self._folders: set[Path] = set()
+        self._lock = threading.Lock()
+        self.failed: OSError | None = None
 
-    @property
-    def available(self) -> bool:
-        return self._syncfs is not None
+    def file(self, path: Path) -> None:
+        with self._lock:
+            self._files.add(path)
 
-    def track(self, folder: Path) -> None:
-        """Include the filesystem holding ``folder`` (which must exist) in every flush."""
-        self._anchors.setdefault(os.stat(folder).st_dev, folder)
+    def folder(self, path: Path) -> None:
+        with self._lock:
+            self._folders.add(path)
 
-    def sync(self) -> None:
-        if self._syncfs is None:
-            raise OSError("syncfs is not available")
-        for anchor in list(self._anchors.values()):
-            fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if self._syncfs(fd) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
+    def flush(self, *, also_files: Iterable[Path] = (), also_folders: Iterable[Path] = ()) -> None:
+        """fsync every noted file, then every noted folder (a file gone meanwhile was moved or deleted)."""
+        with self._lock:
+            files, self._files = self._files, set()
+            folders, self._folders = self._folders, set()
+        files.update(also_files)
+        folders.update(also_folders)
+        if self.failed is not None:
+            raise OSError(self.failed.errno, f"an earlier fsync failed: {self.failed.strerror}")
+        try:
+            for path in files:
+                fsync_file(path)
+            for path in folders:
+                fsync_dir(path, missing_ok=True)
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+
+def fsync_file(path: Path) -> None:
+    """fsync one file's data and metadata; a file that no longer exists is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

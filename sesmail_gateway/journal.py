@@ -2,9 +2,11 @@
 
 Every accepted message is appended (metadata and bytes) to the process's
 journal before its 250. One ``fdatasync`` on one file serves every session
-that joined the batch, which is what makes group commit cheap: the spool
-folders themselves are written without syncing and made durable later, in
-bulk, by a checkpoint, after which the journal file is deleted.
+that joined the batch, which is what makes group commit cheap; the file's
+name is made durable (its folder fsynced) when it is created, before its
+first record is acknowledged. The spool folders themselves are written
+without syncing and made durable later, by a checkpoint, after which the
+journal file is deleted.
 
 After a crash, ``read_records`` gives back every complete record; the
 spool re-creates any message whose folder did not survive. A torn record at
@@ -26,6 +28,8 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from sesmail_gateway.fsutil import fsync_dir
 
 MAGIC = b"SMJ1"
 _HEAD = struct.Struct("!4sQQ")  # magic, metadata length, message length
@@ -68,6 +72,12 @@ class Journal:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.size = 0
         self.pending = 0
+        self.broken = False  # an fdatasync failed: this file is never deleted by its owner
+        try:
+            fsync_dir(folder)  # the file's name is durable before any record in it is acknowledged
+        except OSError:
+            self.discard()
+            raise
 
     def append(self, buffers: Sequence[bytes]) -> None:
         """Write the buffers and make them durable before returning.
@@ -90,7 +100,11 @@ class Journal:
                     else:
                         views[0] = views[0][written:]
                         written = 0
-            os.fdatasync(self._fd)
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                self.broken = True
+                raise
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, start)
@@ -98,8 +112,9 @@ class Journal:
             raise
 
     def discard(self) -> None:
-        """Delete the file and release its lock."""
-        self.path.unlink(missing_ok=True)
+        """Delete the file and release its lock (a broken journal is only closed: start-up replays it)."""
+        if not self.broken:
+            self.path.unlink(missing_ok=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

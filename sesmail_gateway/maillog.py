@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 EVENTS = frozenset(
-    {"received", "rejected", "queued", "archived", "delivered", "deferred", "held", "dead", "released", "deleted", "retried"}
+    {"received", "rejected", "queued", "archived", "delivered", "deferred", "held", "dead", "released", "deleted", "retried", "dsn"}
 )
 
 _log = logging.getLogger("sesmail.mail")

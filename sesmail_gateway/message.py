@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Version of the queue record layout (meta.json, journal records). A reader
+# takes what it knows and reads past what it does not: a record written by a
+# newer version is delivered, never set aside as corrupt.
+SCHEMA_VERSION = 2
+
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
@@ -101,8 +106,12 @@ class QueueItem:
     next_attempt: float = 0.0
     reason: str = ""
     held_account: str = ""
+    dsn: str = ""  # Message-ID of the DSN sent for this message (at most one)
     # When the held account's token was issued; only a newer token releases the message.
     held_token_issued: float = 0.0
+    # Delivery attempts that ended with the daemon dying or the attempt failing unexpectedly.
+    crashes: int = 0
+    schema: int = SCHEMA_VERSION
     state: str = INCOMING
 
     @property
@@ -128,12 +137,13 @@ class QueueItem:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueueItem:
-        values = dict(data)
-        values["client"] = Client(**values.get("client", {}))
-        values["recipients"] = [RecipientRoute(**r) for r in values.get("recipients", [])]
-        values["deliveries"] = [Delivery(**d) for d in values.get("deliveries", [])]
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        """Read a record of any schema version: unknown fields, at any depth, are read past."""
+        values = _known(cls, data)
+        values.setdefault("schema", 1)  # written before records carried their version
+        values["client"] = Client(**_known(Client, data.get("client") or {}))
+        values["recipients"] = [RecipientRoute(**_known(RecipientRoute, r)) for r in data.get("recipients", [])]
+        values["deliveries"] = [Delivery(**_known(Delivery, d)) for d in data.get("deliveries", [])]
+        return cls(**values)
 
     def summary(self) -> dict[str, Any]:
         """The fields ``queue list --json`` prints."""
@@ -148,6 +158,13 @@ class QueueItem:
             "size": self.size,
             "created": self.created,
         }
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object for {kind.__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def plan_deliveries(recipients: list[RecipientRoute]) -> list[Delivery]:

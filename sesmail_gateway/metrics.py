@@ -85,9 +85,26 @@ class Metrics:
     def auth_result(self, method: str, result: str) -> None:
         self.auth_results.labels(method=method, result=result).inc()
 
+    def track_destinations(self, status: Callable[[], Iterable[Any]]) -> None:
+        """Export the destinations that are down, with how many messages wait for each."""
+        self.registry.register(_Destinations(status))
+
     def track_queue(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export queue depth by state, read from the spool at scrape time."""
         self.registry.register(_QueueDepth(counts))
+
+
+class _Destinations(Collector):
+    def __init__(self, status: Callable[[], Iterable[Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        parked = GaugeMetricFamily("sesmail_destination_parked",
+                                   "Messages waiting for a destination that is failing (one probe per backoff step)",
+                                   labels=["destination"])
+        for entry in self._status():
+            parked.add_metric([entry.destination], entry.parked)
+        yield parked
 
 
 class _QueueDepth(Collector):

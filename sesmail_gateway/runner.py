@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
+import json
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sesmail_gateway import maillog
 from sesmail_gateway.archive import Archiver
+from sesmail_gateway.bounce import Bouncer
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.deliver import Deliverer
+from sesmail_gateway.destinations import ARCHIVE, Destinations
 from sesmail_gateway.errors import DeliveryError, PermanentFailure, TemporaryFailure, TokenExpired, classify
 from sesmail_gateway.message import (
     DEAD,
@@ -37,11 +44,58 @@ from sesmail_gateway.message import (
     StoredMessage,
 )
 from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.queue_ops import perform
 from sesmail_gateway.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A message whose delivery attempts crash this many times is held instead of tried again.
+POISON_LIMIT = 3
+ATTEMPTS = "attempts.log"
+DESTINATIONS_FILE = "destinations.json"
+
+
+class AttemptLog:
+    """Which delivery attempts were under way when the daemon died, from an append-only log.
+
+    One line when an attempt starts and one when it ends, written without
+    fsync: it must survive the daemon dying (the page cache does), not a
+    power cut (which does not repeat on the same message). At start-up the
+    attempts that never ended are the ones that took the daemon down.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def interrupted(self) -> list[str]:
+        """Attempts left open by the previous run; the log starts afresh."""
+        try:
+            lines = self.path.read_bytes().decode("ascii", "replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        open_ids: dict[str, None] = {}
+        for line in lines:
+            mark, _, queue_id = line.partition(" ")
+            if mark == "S":
+                open_ids[queue_id] = None
+            elif mark == "E":
+                open_ids.pop(queue_id, None)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return list(open_ids)
+
+    def started(self, queue_id: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, f"S {queue_id}\n".encode())
+
+    def ended(self, queue_id: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, f"E {queue_id}\n".encode())
+
+
+# How long an operator action waits for a delivery attempt of the same message to end.
+OPERATOR_WAIT = 5.0
 # Messages refused at DATA are kept this long for review and `queue release`.
 REJECTED_RETENTION = 30 * 86400.0
 
@@ -73,8 +127,10 @@ class Runner:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         poll_seconds: float = 1.0,
+        bouncer: Bouncer | None = None,
     ) -> None:
         self.spool = spool
+        self.bouncer = bouncer
         self.archiver = archiver
         self.deliverers = deliverers
         self.config = config
@@ -83,19 +139,31 @@ class Runner:
         self.poll_seconds = poll_seconds
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._known: set[str] = set()
+        self._parked: set[str] = set()  # waiting in memory for a destination to come back
+        # Messages someone is working on right now (a delivery attempt, an operator action).
+        self._inflight: set[str] = set()
+        self._inflight_changed = threading.Condition()
         self._timers: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency + 2, thread_name_prefix="deliver")
+        self._attempts = AttemptLog(spool.root / ATTEMPTS)
+        self.destinations = Destinations(base=config.backoff_base, cap=config.backoff_max, clock=clock)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._down_file = spool.root / DESTINATIONS_FILE
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._write_down_file()
         report = await self._run(self.spool.recover)
         if report.resumed or report.discarded_tmp or report.corrupt:
             log.info("spool: recovered %d in-flight, discarded %d unacknowledged, set aside %d corrupt",
                      report.resumed, report.discarded_tmp, report.corrupt)
+        for queue_id in await self._run(self._attempts.interrupted):
+            await self._run(self._crashed, queue_id, "the daemon stopped during a delivery attempt")
         self._scan_incoming()
         for item in self.spool.items(DEFERRED):
             heapq.heappush(self._timers, (item.next_attempt, item.id))
@@ -121,6 +189,16 @@ class Runner:
     def notify(self, queue_id: str) -> None:
         """A message was just queued in ``incoming``."""
         self._submit(INCOMING, queue_id)
+
+    async def operate(self, action: str, queue_id: str = "", every: bool = False) -> str:
+        """An operator action (retry, delete, release), never during a delivery attempt of that message."""
+        # An attempt under way on that message gets OPERATOR_WAIT seconds to end before the action is refused.
+        message, requeued = await self._run(lambda: perform(
+            self.spool, action, queue_id, every=every,
+            reserve=lambda qid: self.reserve(qid, OPERATOR_WAIT), unreserve=self.unreserve))
+        for moved in requeued:
+            self._submit(INCOMING, moved)
+        return message
 
     async def release_held(self, account: str | None = None, *, issued_after: float | None = None) -> int:
         """Move held messages back to work, oldest first; returns how many.
@@ -165,7 +243,7 @@ class Runner:
     # -- feeding -----------------------------------------------------------
 
     def _submit(self, state: str, queue_id: str) -> None:
-        if queue_id not in self._known:
+        if queue_id not in self._known and not self.spool.finishing(queue_id):
             self._known.add(queue_id)
             self._queue.put_nowait((state, queue_id))
 
@@ -206,6 +284,8 @@ class Runner:
             while self._timers and self._timers[0][0] <= now:
                 _, queue_id = heapq.heappop(self._timers)
                 self._submit(DEFERRED, queue_id)
+            for queue_id, state in self.destinations.probe_candidates().values():
+                self._queue.put_nowait((state, queue_id))  # parked ones stay known: straight onto the queue
             wait = min(self._timers[0][0] - now, 1.0) if self._timers else 1.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -217,12 +297,14 @@ class Runner:
             self._busy += 1
             try:
                 await self._process(state, queue_id)
-            except Exception:
-                # The message stays where it is (active/ is resumed at start-up); never dropped.
+            except Exception as exc:
+                # The message stays where it is; never dropped. Too many of these: held for a person.
                 log.exception("runner: unexpected error on %s", queue_id)
+                await self._run(self._crashed, queue_id, f"delivery failed unexpectedly: {type(exc).__name__}")
             finally:
                 self._busy -= 1
-                self._known.discard(queue_id)
+                if queue_id not in self._parked:
+                    self._known.discard(queue_id)
 
     # -- one message -------------------------------------------------------
 
@@ -241,25 +323,115 @@ class Runner:
             heapq.heappush(self._timers, (item.next_attempt, item.id))
             self._wake.set()
 
+    def reserve(self, queue_id: str, wait: float = 0.0) -> bool:
+        """Keep every other attempt or action off ``queue_id``; False if one still holds it after ``wait`` s."""
+        with self._inflight_changed:
+            if not self._inflight_changed.wait_for(lambda: queue_id not in self._inflight, timeout=wait):
+                return False
+            self._inflight.add(queue_id)
+            return True
+
+    def unreserve(self, queue_id: str) -> None:
+        with self._inflight_changed:
+            self._inflight.discard(queue_id)
+            self._inflight_changed.notify_all()
+
     def _process_blocking(self, state: str, queue_id: str) -> QueueItem | None:
         """Claim → archive → deliver each pending group → settle. Runs in the delivery pool."""
+        if not self.reserve(queue_id):
+            return None  # an operator action holds it; it is submitted again afterwards
+        self._attempts.started(queue_id)
+        try:
+            return self._attempt(state, queue_id)
+        finally:
+            # Ended, whatever the outcome (an exception is counted by the caller); only a daemon that
+            # dies in the middle leaves the attempt open.
+            self._attempts.ended(queue_id)
+            self.unreserve(queue_id)
+
+    def _crashed(self, queue_id: str, why: str) -> None:
+        """Count an attempt that crashed; at POISON_LIMIT the message is held for a person (``queue retry``)."""
+        try:
+            item = self.spool.find(queue_id)
+        except SpoolError:
+            return
+        item.crashes += 1
+        if item.crashes < POISON_LIMIT or item.state in (HELD, DEAD, REJECTED):
+            self.spool.save(item)
+            log.warning("runner: %s: %s (%d of %d before it is held)", queue_id, why, item.crashes, POISON_LIMIT)
+            return
+        item.reason = f"held: {why}, {item.crashes} times; `queue retry {queue_id}` tries again"
+        self.spool.save(item)
+        self.spool.move(item, HELD)
+        maillog.event("held", item.id, reason=item.reason)
+
+    def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
+        self._parked.discard(queue_id)
         try:
             item = self.spool.claim(state, queue_id)
         except SpoolError:
-            return None  # moved or deleted meanwhile (queue retry/delete, another runner)
+            return None  # moved or deleted meanwhile (queue retry/delete)
         message = StoredMessage.at(self.spool.message_path(item))
-        if not item.archived and not self._archive(item, message):
-            return item
+        if not item.archived:
+            if not self.destinations.admit(ARCHIVE) and self._park(item, ARCHIVE):
+                return None
+            if not self._archive(item, message):
+                return item
+            self._came_back(ARCHIVE)
+        waiting_for = ""
         for delivery in item.pending():
-            if self._deliver(item, delivery, message) and item.pending():
-                # Record each success at once, so a restart never delivers it again;
-                # first make what was written (archive, Maildir) durable.
-                self.spool.sync_now()
-                self.spool.save(item)
+            if not self.destinations.admit(delivery.key):
+                waiting_for = waiting_for or delivery.key
+                continue
+            if self._deliver(item, delivery, message):
+                self._came_back(delivery.key)
+                if item.pending():
+                    # Record each success at once, so a restart never delivers it again;
+                    # first make what was written (archive, Maildir) durable.
+                    self.spool.sync_now()
+                    self.spool.save(item)
+        if waiting_for and all(not self.destinations.admit_peek(d.key) for d in item.pending()) \
+                and self._park(item, waiting_for):
+            return None
         if item.pending() or item.failed():
             self.spool.sync_now()  # the record saved next must not outrun the files it describes
         self._settle(item)
         return item
+
+    def _park(self, item: QueueItem, destination: str) -> bool:
+        """Wait in memory for ``destination`` (no attempt, no disk write); False if it must be settled now."""
+        if self.clock() - item.created >= self.config.max_age:
+            return False  # too old to wait: the attempt makes it a dead letter
+        if not self.destinations.park(destination, item.id, item.state):
+            return False
+        self._parked.add(item.id)
+        return True
+
+    def _came_back(self, destination: str) -> None:
+        parked = self.destinations.succeeded(destination)
+        if parked or destination in self._down_names:
+            log.info("runner: %s works again; resuming %d waiting message(s)", destination, len(parked))
+            self._write_down_file()
+        if parked and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._resume, parked)
+
+    def _resume(self, parked: dict[str, str]) -> None:
+        for queue_id, state in parked.items():
+            self._queue.put_nowait((state, queue_id))
+
+    @property
+    def _down_names(self) -> set[str]:
+        return {s.destination for s in self.destinations.status()}
+
+    def _write_down_file(self) -> None:
+        """What is down, for `queue list` (informational: rewritten at every change, never fsynced)."""
+        status = [dataclasses.asdict(s) for s in self.destinations.status()]
+        tmp = self._down_file.with_name(f".{self._down_file.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, self._down_file)
+        except OSError as exc:
+            log.warning("runner: cannot write %s: %s", self._down_file, exc)
 
     def _archive(self, item: QueueItem, message: StoredMessage) -> bool:
         try:
@@ -268,10 +440,21 @@ class Runner:
             error = classify(exc)
             log.error("archive: %s failed: %s", item.id, error)
             self.metrics.deliveries.labels(action="archive", outcome="deferred").inc()
+            self._went_down(ARCHIVE, error)
             self._defer(item, f"archive failed: {error}", error.retry_after)
             return False
         maillog.event("archived", item.id, location=item.archived)
         return True
+
+    def _went_down(self, destination: str, error: DeliveryError) -> None:
+        if isinstance(error, (TokenExpired, PermanentFailure)):
+            return
+        new = destination not in self._down_names
+        until = self.destinations.failed(destination, str(error), error.retry_after)
+        if new:
+            log.warning("runner: %s is failing (%s); one probe every backoff step, the rest wait (next probe "
+                        "in %.0f s)", destination, error, until - self.clock())
+        self._write_down_file()
 
     def _deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> bool:
         """One attempt; the outcome is recorded on ``delivery``. True when delivered."""
@@ -294,6 +477,7 @@ class Runner:
 
     def _record_failure(self, item: QueueItem, delivery: Delivery, error: DeliveryError) -> None:
         delivery.last_error = str(error)
+        self._went_down(delivery.key, error)
         if isinstance(error, TokenExpired):
             # Held: no attempt is spent; a newer token releases it.
             item.held_account = error.account or delivery.target.lower()
@@ -351,6 +535,8 @@ class Runner:
     def _dead(self, item: QueueItem, reason: str) -> None:
         item.reason = reason
         item.next_attempt = 0.0
+        if self.bouncer is not None:  # bounce.mode = "dsn": a DSN to an authenticated sender, at most once
+            self.bouncer.bounce(item, item.failed(), reason)
         self.spool.save(item)
         self.spool.move(item, DEAD)
         maillog.event("dead", item.id, sender=item.sender, reason=reason)

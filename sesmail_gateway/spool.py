@@ -12,19 +12,28 @@ Each message folder holds ``message.eml`` (our headers prepended to the
 bytes received) and ``meta.json`` (the QueueItem). A message folder moves
 between states by one rename, so its two files always travel together.
 
-``enqueue`` returns only when the message is durable. On Linux (syncfs
-available) that is when it has been appended to the process's journal and
-the journal fdatasynced; one append and one fdatasync serve every session
-that arrived meanwhile (group commit), and no file is created on that path.
-The message folder is then written in the background (tmp/ → rename into
-its state, unsynced) and ``on_ready`` tells the runner. A checkpoint every
-second flushes the filesystems once (syncfs), which makes those folders and
-everything the runner wrote (archive, Maildir) durable, and then deletes
-the journals whose messages all have folders. After a crash, ``recover``
-puts back from the journals any message whose folder did not survive.
+``enqueue`` returns only when the message is durable: appended to the
+process's journal, the journal fdatasynced, and the journal file's name
+made durable (its folder fsynced when the file was created). One append and
+one fdatasync serve every session that arrived meanwhile (group commit), and
+no file is created on that path. The message folder is then written in the
+background (tmp/ → rename into its state, unsynced) and ``on_ready`` tells
+the runner, which delivers it where it lies.
 
-Without syncfs, every file and folder is fsynced before the 250 and the
-journal is not used.
+A checkpoint every second makes durable, with fsync only (see fsutil.py),
+what the journal must outlive: the folders of messages not yet delivered
+(files, folder, state folder) and everything the runner wrote (archive and
+Maildir files and their folders). Delivered messages need no folder
+durability at all. Only then are finished messages tombstoned and journals
+whose messages all have folders deleted. A failed fsync is sticky: this
+process deletes no journal again, and the next start-up replays them. After
+a crash, ``recover`` puts back from the journals any message whose folder
+did not survive.
+
+A message leaves a state by being linked into its new state first (files
+fsynced, folder and its state folder fsynced) and removed from the old one
+after, so at every moment one durable copy exists; a crash in between
+leaves two, and recovery keeps the newer.
 """
 
 from __future__ import annotations
@@ -43,11 +52,11 @@ from pathlib import Path
 
 from sesmail_gateway import journal
 from sesmail_gateway.fsutil import (
-    FilesystemSync,
+    PendingSyncs,
     atomic_write,
-    durable_rename,
     ensure_dir,
     fsync_dir,
+    fsync_file,
     write_file,
 )
 from sesmail_gateway.groupcommit import GroupCommit
@@ -121,12 +130,13 @@ class Spool:
         on_commit: Callable[[float, int], None] | None = None,
         on_ready: Callable[[str], None] | None = None,
         sweeper: bool = False,
+        create: bool = True,
     ) -> None:
+        """``create=False`` opens the spool for reading only: nothing is created on disk."""
         self.root = root
-        for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES):
+        for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES) if create else ():
             ensure_dir(root / name)
-        self.fs = FilesystemSync(root)
-        self.journaled = self.fs.available
+        self.syncs = PendingSyncs()  # what the runner's writers leave for the checkpoint to fsync
         self._on_commit = on_commit
         self.on_ready = on_ready  # told each queue id whose folder is written (the runner's doorbell)
         self.sweeper = sweeper  # one process (the runner's) clears done/; SMTP workers leave it alone
@@ -138,6 +148,8 @@ class Spool:
         self._journal: journal.Journal | None = None
         self._closed: list[journal.Journal] = []
         self._finished: list[QueueItem] = []
+        self._finishing: set[str] = set()  # finished, not yet tombstoned: not to be delivered again
+        self._unsynced: dict[str, Path] = {}  # folders written without fsync, by queue id
 
     # -- paths -------------------------------------------------------------
 
@@ -156,9 +168,6 @@ class Spool:
         a moment later (``on_ready`` says when).
         """
         job = _Accept(item, _encode(item), chunks)
-        if not self.journaled:
-            await self._enqueue_synced(job)
-            return
         if self._room is None:
             self._room = asyncio.Semaphore(MAX_UNWRITTEN)
         await self._room.acquire()
@@ -179,9 +188,13 @@ class Spool:
                 self._journal = journal.Journal(self.root / JOURNAL)
             try:
                 self._journal.append(buffers)
-            except OSError:
+            except OSError as exc:
                 # Every session of the batch hears 451; later batches go to a fresh file,
                 # so no torn record can stand in front of an acknowledged one.
+                if self._journal.broken:  # the fdatasync itself failed: trust no later flush
+                    self.syncs.failed = self.syncs.failed or exc
+                    log.critical("spool: journal fdatasync failed (%s); journals are kept for the next "
+                                 "start-up from now on", exc)
                 self._closed.append(self._journal)
                 self._journal = None
                 raise
@@ -214,9 +227,10 @@ class Spool:
         results: list[BaseException | None] = []
         for job in jobs:
             tmp = self.root / TMP / job.item.id
+            folder = self.folder(job.item)
             try:
                 self._write_tmp(tmp, job.meta, job.chunks, sync=False)
-                os.rename(tmp, self.folder(job.item))
+                os.rename(tmp, folder)
                 results.append(None)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -225,22 +239,8 @@ class Spool:
             with self._lock:
                 assert job.journal is not None
                 job.journal.pending -= 1
+                self._unsynced[job.item.id] = folder
         return results
-
-    async def _enqueue_synced(self, job: _Accept) -> None:
-        """Without a journal: fsync every file and folder before returning."""
-        tmp = self.root / TMP / job.item.id
-        started = time.perf_counter()
-        try:
-            await asyncio.to_thread(self._write_tmp, tmp, job.meta, job.chunks, sync=True)
-            await asyncio.to_thread(durable_rename, tmp, self.folder(job.item))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if self._on_commit:
-            self._on_commit(time.perf_counter() - started, 1)
-        if self.on_ready and job.item.state == INCOMING:
-            self.on_ready(job.item.id)
 
     @staticmethod
     def _write_tmp(tmp: Path, meta: bytes, chunks: tuple[bytes, ...], *, sync: bool) -> None:
@@ -253,40 +253,71 @@ class Spool:
     # -- durability of what the runner writes --------------------------------
 
     def sync_now(self) -> None:
-        """Make every file written so far (spool, archive, Maildir) durable. Blocks.
+        """Make every folder written so far and everything the runner wrote durable. Blocks.
 
         The runner calls it only before saving a partial result (rare); the
         common case, a delivered message, waits for the next checkpoint.
         """
-        if self.journaled:
-            self.fs.sync()
+        with self._lock:
+            unsynced = dict(self._unsynced)
+        files, folders = self._folder_syncs(unsynced, set())
+        self.syncs.flush(also_files=files, also_folders=folders)
+
+    @staticmethod
+    def _folder_syncs(unsynced: dict[str, Path], skip: set[str]) -> tuple[list[Path], set[Path]]:
+        files: list[Path] = []
+        folders: set[Path] = set()
+        for queue_id, folder in unsynced.items():
+            if queue_id in skip:
+                continue  # delivered: its folder need never be durable
+            files += (folder / MESSAGE, folder / META)
+            folders.update((folder, folder.parent))
+        return files, folders
 
     def finish(self, item: QueueItem) -> None:
         """The message is delivered: forget it once what was written for it is durable."""
-        if not self.journaled:
-            self.remove(item)
-            return
         with self._lock:
             self._finished.append(item)
+            self._finishing.add(item.id)
+
+    def finishing(self, queue_id: str) -> bool:
+        """Delivered, and waiting for the checkpoint to retire it: not to be delivered again."""
+        return queue_id in self._finishing
 
     def checkpoint(self) -> None:
-        """Flush once; then retire journals and finished messages written before the flush. Blocks."""
-        if not self.journaled:
-            return
+        """fsync what the journals must outlive; then tombstone finished messages and retire journals. Blocks."""
         with self._lock:
             finished, self._finished = self._finished, []
             if self._journal is not None and self._journal.size:
                 self._closed.append(self._journal)
                 self._journal = None
             retiring = [j for j in self._closed if j.pending == 0]
-        if finished or retiring:  # an idle process does not flush the filesystem every second
-            self.fs.sync()
-        for old in retiring:
-            old.discard()
-        with self._lock:
-            self._closed = [j for j in self._closed if j not in retiring]
-        for item in finished:
-            self._tombstone(item)
+            unsynced, self._unsynced = self._unsynced, {}
+        if finished or retiring or unsynced:  # an idle process syncs nothing
+            done = {item.id for item in finished}
+            files, folders = self._folder_syncs(unsynced, done)
+            try:
+                self.syncs.flush(also_files=files, also_folders=folders)
+            except OSError:
+                with self._lock:  # nothing is retired; the next start-up replays the journals
+                    self._finished[:0] = finished
+                    self._unsynced.update(unsynced)
+                raise
+            if finished:
+                sources = {self.folder(item).parent for item in finished}
+                for item in finished:
+                    self._tombstone(item)
+                fsync_dir(self.root / DONE)  # so a replay finds the tombstones ...
+                for folder in sources:
+                    fsync_dir(folder)  # ... and a restart does not deliver them again
+                with self._lock:
+                    self._finishing.difference_update(done)
+            for old in retiring:
+                old.discard()
+            if retiring:
+                fsync_dir(self.root / JOURNAL)
+            with self._lock:
+                self._closed = [j for j in self._closed if j not in retiring]
         if self.sweeper:
             self._sweep_done()
 
@@ -296,7 +327,10 @@ class Spool:
             _, stuck = await asyncio.wait(self._writing, timeout=timeout)
             for task in stuck:
                 task.cancel()  # its journal is not retired: the next start-up restores the message
-        await asyncio.to_thread(self.checkpoint)
+        try:
+            await asyncio.to_thread(self.checkpoint)
+        except OSError as exc:
+            log.error("spool: last checkpoint failed (%s); the next start-up replays the journals", exc)
         with self._lock:
             for remaining in [self._journal, *self._closed]:
                 if remaining is not None and remaining.size == 0:
@@ -358,6 +392,8 @@ class Spool:
             return sorted(e.name for e in os.scandir(self.root / state) if e.is_dir() and not e.name.startswith("."))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise SpoolError(f"cannot read {self.root / state}: {exc.strerror}") from None
 
     def items(self, state: str) -> Iterator[QueueItem]:
         for queue_id in self.ids(state):
@@ -367,7 +403,10 @@ class Spool:
                 log.warning("%s", exc)
 
     def counts(self) -> dict[str, int]:
-        return {state: len(self.ids(state)) for state in STATES}
+        """Messages per state; delivered ones waiting for the checkpoint to retire them do not count."""
+        with self._lock:
+            finishing = set(self._finishing)
+        return {state: len(set(self.ids(state)) - finishing) for state in STATES}
 
     # -- changes -----------------------------------------------------------
 
@@ -376,36 +415,61 @@ class Spool:
         atomic_write(self.folder(item) / META, _encode(item))
 
     def move(self, item: QueueItem, state: str) -> None:
-        """Move the message folder to ``state``; SpoolError if someone moved it first."""
+        """Move the message to ``state`` durably; SpoolError if someone moved it first.
+
+        The new folder (hard links to the same two files) is durable before
+        the old one is removed: a crash in between leaves two copies, never
+        none, and ``recover`` keeps the newer.
+        """
         if state == item.state:
             return
         src, dst = self.folder(item), self.root / state / item.id
+        staging = self.root / state / f".{item.id}.moving"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o750)
         try:
-            durable_rename(src, dst)
+            os.link(src / MESSAGE, staging / MESSAGE)
         except FileNotFoundError:
+            shutil.rmtree(staging, ignore_errors=True)
             raise SpoolError(f"message {item.id} is no longer in {item.state}") from None
-        item.state = state
+        fsync_file(staging / MESSAGE)
+        previous = item.state
+        item.state = state  # the new copy's record names its state, and is newer than the old one's
+        try:
+            write_file(staging / META, _encode(item))
+        except BaseException:
+            item.state = previous
+            raise
+        fsync_dir(staging)
+        if dst.exists():
+            shutil.rmtree(dst)  # a copy a crash left behind; the one moving now is newer
+        os.rename(staging, dst)
+        fsync_dir(dst.parent)
+        self._discard(src)
+        with self._lock:
+            self._unsynced.pop(item.id, None)
 
     def claim(self, state: str, queue_id: str) -> QueueItem:
-        """Take a message for delivery by renaming it into ``active``."""
-        src, dst = self.root / state / queue_id, self.root / ACTIVE / queue_id
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            raise SpoolError(f"message {queue_id} is no longer in {state}") from None
-        return self.load(ACTIVE, queue_id)
+        """Read a message for delivery where it lies (the runner alone delivers, one attempt at a time)."""
+        if self.finishing(queue_id):
+            raise SpoolError(f"message {queue_id} is already delivered")
+        return self.load(state, queue_id)
 
     def remove(self, item: QueueItem) -> None:
-        """Delete a message (operator delete, or delivered without a journal)."""
-        if self.journaled:
-            self._tombstone(item)  # a journal may still hold it: keep a tombstone until it is retired
-            fsync_dir(self.root / DONE)
+        """Delete a message (operator delete): a tombstone keeps any journal from bringing it back."""
+        self._tombstone(item)
+        fsync_dir(self.root / DONE)
+        fsync_dir(self.folder(item).parent)
+
+    def _discard(self, folder: Path) -> None:
+        """Remove a message folder for good (its content lives on elsewhere) and make that durable."""
+        gone = folder.with_name(f".{folder.name}.removing")
+        try:
+            os.rename(folder, gone)
+        except FileNotFoundError:
             return
-        folder = self.folder(item)
-        gone = folder.with_name(f".{item.id}.removing")
-        os.rename(folder, gone)
-        shutil.rmtree(gone)
         fsync_dir(folder.parent)
+        shutil.rmtree(gone, ignore_errors=True)
 
     def _set_aside(self, folder: Path, why: str) -> None:
         target = self.root / CORRUPT / folder.name
@@ -423,51 +487,78 @@ class Spool:
         for entry in os.scandir(self.root / TMP):
             shutil.rmtree(entry.path, ignore_errors=True)
             report.discarded_tmp += 1
-        replayed = self.replay_orphaned_journals()
-        report.replayed = replayed
+        self._drop_leftovers()
+        report.replayed = self.replay_orphaned_journals()
         for state in STATES:
             for entry in os.scandir(self.root / state):
-                if entry.name.startswith(".") and entry.name.endswith(".removing"):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                elif not (Path(entry.path) / META).exists() or not (Path(entry.path) / MESSAGE).exists():
+                if not (Path(entry.path) / META).exists() or not (Path(entry.path) / MESSAGE).exists():
                     self._set_aside(Path(entry.path), "message or metadata file missing")
                     report.corrupt += 1
-        for queue_id in self.ids(ACTIVE):
+        for queue_id in self.ids(ACTIVE):  # left by versions that claimed by renaming
             os.rename(self.root / ACTIVE / queue_id, self.root / INCOMING / queue_id)
             report.resumed += 1
         fsync_dir(self.root / INCOMING)
         fsync_dir(self.root / ACTIVE)
         return report
 
+    def _drop_leftovers(self) -> None:
+        """Half-done moves and removals; and where a crash left a message in two states, the older copy."""
+        seen: dict[str, list[Path]] = {}
+        for state in STATES:
+            for entry in os.scandir(self.root / state):
+                if entry.name.startswith("."):  # .ID.moving (never renamed into place), .ID.removing
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    seen.setdefault(entry.name, []).append(Path(entry.path))
+        for queue_id, copies in seen.items():
+            if len(copies) < 2:
+                continue
+            copies.sort(key=_meta_mtime)
+            for stale in copies[:-1]:
+                log.warning("spool: %s found in %s and %s after a crash; keeping %s", queue_id,
+                            stale.parent.name, copies[-1].parent.name, copies[-1].parent.name)
+                self._discard(stale)
+
     def replay_orphaned_journals(self) -> int:
-        """Put back every journaled message whose folder is missing or damaged; delete those journals."""
+        """Put back every journaled message whose folder is missing or damaged; delete those journals.
+
+        Every message a journal holds is made durable in its folder (files,
+        folder, state folder fsynced) before that journal is deleted: a
+        folder that survived a process crash may exist only in the page cache.
+        """
         orphans = [p for p in journal.journal_files(self.root / JOURNAL) if journal.is_orphaned(p)]
         replayed = 0
+        files: list[Path] = []
+        folders: set[Path] = set()
         for path in orphans:
             for record in journal.read_records(path):
-                replayed += self._replay(record)
+                folder, restored = self._replay(record)
+                replayed += restored
+                if folder is not None:
+                    files += (folder / MESSAGE, folder / META)
+                    folders.update((folder, folder.parent))
         if orphans:
-            if self.fs.available:
-                self.fs.sync()
+            self.syncs.flush(also_files=files, also_folders=folders)
             for path in orphans:
                 path.unlink(missing_ok=True)
             fsync_dir(self.root / JOURNAL)
         return replayed
 
-    def _replay(self, record: journal.Record) -> int:
+    def _replay(self, record: journal.Record) -> tuple[Path | None, int]:
+        """The folder that now holds the record's message (None if it was retired), and 1 if restored."""
         try:
             item = QueueItem.from_dict(json.loads(record.meta))
         except (ValueError, TypeError):
             log.error("spool: journal record with unreadable metadata skipped")
-            return 0
+            return None, 0
         if (self.root / DONE / item.id).exists():
-            return 0
+            return None, 0
         for state in STATES:
             folder = self.root / state / item.id
             if not folder.exists():
                 continue
-            if self._intact(folder, len(record.message)):
-                return 0
+            if self._intact(folder, record.message):
+                return folder, 0
             shutil.rmtree(folder)  # torn by the crash: the journal has the whole message
         shutil.rmtree(self.root / TMP / item.id, ignore_errors=True)
         # Back to the state it was accepted in: a message refused at DATA stays refused.
@@ -476,12 +567,19 @@ class Spool:
         write_file(folder / MESSAGE, record.message, sync=False, mode=0o600)
         write_file(folder / META, record.meta, sync=False)
         log.warning("spool: %s restored from the journal", item.id)
-        return 1
+        return folder, 1
 
     @staticmethod
-    def _intact(folder: Path, size: int) -> bool:
+    def _intact(folder: Path, message: bytes) -> bool:
         try:
             json.loads((folder / META).read_bytes())
-            return (folder / MESSAGE).stat().st_size == size
+            return (folder / MESSAGE).read_bytes() == message
         except (OSError, ValueError):
             return False
+
+
+def _meta_mtime(folder: Path) -> int:
+    try:
+        return (folder / META).stat().st_mtime_ns
+    except OSError:
+        return -1

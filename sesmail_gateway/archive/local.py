@@ -1,7 +1,7 @@
 """Folder archive: ``<root>/<YYYY-MM-DD>/<queue-id>.eml``.
 
-With a group flush (``fs``), files are written unsynced and become durable
-with the runner's next shared flush, before the spool forgets the message.
+With ``syncs``, files are written unsynced and fsynced by the spool's next
+checkpoint, before the spool forgets the message; without, at once.
 """
 
 from __future__ import annotations
@@ -9,16 +9,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sesmail_gateway.fsutil import FilesystemSync, ensure_dir, link_or_copy
+from sesmail_gateway.fsutil import PendingSyncs, ensure_dir, fsync_dir, link_or_copy
 from sesmail_gateway.message import QueueItem, StoredMessage
 
 
 class FolderArchiver:
-    def __init__(self, root: Path, fs: FilesystemSync | None = None) -> None:
+    def __init__(self, root: Path, syncs: PendingSyncs | None = None) -> None:
         self.root = ensure_dir(root)
-        self.fs = fs if fs is not None and fs.available else None
-        if self.fs is not None:
-            self.fs.track(self.root)
+        self.syncs = syncs
         self._days: set[str] = set()
 
     def archive(self, item: QueueItem, message: StoredMessage) -> str:
@@ -26,8 +24,12 @@ class FolderArchiver:
         folder = self.root / day
         if day not in self._days:
             ensure_dir(folder)
+            fsync_dir(self.root)  # the day's folder is named durably before anything in it counts
             self._days.add(day)
         path = folder / f"{item.id}.eml"
         # The spool file never changes: the archive copy is a hard link to it.
-        link_or_copy(message.path, path, sync=self.fs is None)
+        link_or_copy(message.path, path, sync=self.syncs is None)
+        if self.syncs is not None:
+            self.syncs.file(path)
+            self.syncs.folder(folder)
         return str(path)

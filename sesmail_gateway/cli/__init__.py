@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
-from sesmail_gateway.cli import queue, routes, serve, token
+from sesmail_gateway.cli import dns, outbound, queue, routes, serve, smtp_users, token
 from sesmail_gateway.cli.common import CliError, common_parser, os_error_line
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     routes.register(sub, common)
     queue.register(sub, common)
     token.register(sub, common)
+    smtp_users.register(sub, common)
+    dns.register(sub, common)
+    outbound.register(sub, common)
     return parser
 
 

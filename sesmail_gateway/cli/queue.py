@@ -1,32 +1,26 @@
 """``sesmail-gateway queue``: list, show, retry, delete and release spooled messages.
 
-The CLI works on the spool folders directly, as Postfix's postsuper does;
-the running daemon picks up what moved into ``incoming/`` within a second.
+``list`` and ``show`` read the spool folders and create nothing. ``retry``,
+``delete`` and ``release`` go through the running daemon's control socket,
+so they never race a delivery; with no daemon, they act on the spool under
+the data dir's lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 from typing import Any
 
-from sesmail_gateway import maillog
+from sesmail_gateway import control
 from sesmail_gateway.cli.common import CliError, json_flag, load_config, print_json, print_table
-from sesmail_gateway.message import (
-    ACTIVE,
-    DEAD,
-    DEFERRED,
-    FAILED,
-    HELD,
-    INCOMING,
-    PENDING,
-    REJECTED,
-    STATES,
-    QueueItem,
-)
+from sesmail_gateway.config import ConfigError
+from sesmail_gateway.message import STATES, QueueItem
+from sesmail_gateway.queue_ops import RETRYABLE, QueueOpError, perform
+from sesmail_gateway.runner import DESTINATIONS_FILE
 from sesmail_gateway.spool import Spool, SpoolError
-
-RETRYABLE = (DEFERRED, HELD, DEAD)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -59,7 +53,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _spool(args: argparse.Namespace) -> Spool:
-    return Spool(load_config(args).data_dir / "spool")
+    return Spool(load_config(args).data_dir / "spool", create=False)
 
 
 def _find(spool: Spool, queue_id: str) -> QueueItem:
@@ -88,7 +82,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         for i in items
     ]
     print_table(("ID", "STATE", "RECEIVED", "SIZE", "SENDER", "RECIPIENTS", "ATTEMPTS", "NEXT", "REASON"), rows)
+    for down in _destinations_down(spool):
+        print(f"destination {down['destination']} failing since {_when(down['since'])} ({down['reason']}): "
+              f"{down['parked']} message(s) wait, next probe {_when(down['next_probe'])}")
     return 0
+
+
+def _destinations_down(spool: Spool) -> list[dict[str, Any]]:
+    """What the running daemon last wrote about failing destinations (nothing when none is down)."""
+    try:
+        data = json.loads((spool.root / DESTINATIONS_FILE).read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -115,54 +121,40 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _requeue(spool: Spool, item: QueueItem, event: str) -> None:
-    for delivery in item.deliveries:
-        if delivery.status == FAILED:
-            delivery.status = PENDING
-    item.next_attempt = 0.0
-    item.held_account = ""
-    item.reason = ""
-    spool.save(item)
+def _act(args: argparse.Namespace, action: str, queue_id: str = "", every: bool = False) -> int:
+    """Through the running daemon when there is one; otherwise here, holding the data dir's lock."""
+    config = load_config(args)
     try:
-        spool.move(item, INCOMING)
-    except SpoolError as exc:
+        answer = control.send(config.data_dir, "queue", action=action, id=queue_id, all=every)
+    except OSError as exc:
+        raise CliError(f"cannot reach the running daemon: {exc.strerror or exc}") from None
+    if answer is not None:
+        if not answer.get("ok"):
+            raise CliError(str(answer.get("error", "the daemon refused")))
+        print(answer["message"])
+        return 0
+    try:
+        lock = control.lock_data_dir(config.data_dir)
+    except ConfigError:
+        raise CliError("a daemon holds the data dir but does not answer on its control socket; "
+                       "try again in a moment") from None
+    try:
+        message, _ = perform(Spool(config.data_dir / "spool"), action, queue_id, every=every)
+    except QueueOpError as exc:
         raise CliError(str(exc)) from None
-    maillog.event(event, item.id, by="operator")
+    finally:
+        os.close(lock)
+    print(message)
+    return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    spool = _spool(args)
-    if args.all:
-        items = [item for state in RETRYABLE for item in spool.items(state)]
-    else:
-        items = [_find(spool, args.id)]
-        if items[0].state not in RETRYABLE:
-            raise CliError(f"message {args.id} is {items[0].state}; only {', '.join(RETRYABLE)} can be retried")
-    for item in items:
-        _requeue(spool, item, "retried")
-    print(f"queued {len(items)} message(s) for delivery now")
-    return 0
+    return _act(args, "retry", args.id or "", every=args.all)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    spool = _spool(args)
-    item = _find(spool, args.id)
-    if item.state == ACTIVE:
-        raise CliError(f"message {item.id} is being delivered right now; try again in a moment")
-    try:
-        spool.remove(item)
-    except FileNotFoundError:
-        raise CliError(f"message {item.id} moved while deleting; try again") from None
-    maillog.event("deleted", item.id, by="operator", state=item.state)
-    print(f"deleted {item.id} ({item.state})")
-    return 0
+    return _act(args, "delete", args.id)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    spool = _spool(args)
-    item = _find(spool, args.id)
-    if item.state != REJECTED:
-        raise CliError(f"message {item.id} is {item.state}; only rejected messages can be released")
-    _requeue(spool, item, "released")
-    print(f"released {item.id}: it will be delivered along its route")
-    return 0
+    return _act(args, "release", args.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -192,7 +192,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     config = load_config(args)
     items = read_scan_file(args.file)
     with _store(config) as store:
-        store.put_items(items)
+        store.put_items(items, progress=_import_progress(len(items)))
     print(f"imported {_summary(items)}")
     return 0
 
@@ -246,6 +246,23 @@ def read_scan_file(file: str) -> list[Item]:
         except ValueError as exc:
             raise CliError(f"{file}: Items[{index}] ({item['PK']}): {exc}") from None
     return ready
+
+
+PROGRESS_EVERY = 250  # records between progress lines of a large import
+
+
+def _import_progress(total: int) -> Callable[[int, int], None] | None:
+    """Progress lines on stderr for a large import (stdout keeps the one summary line)."""
+    if total < PROGRESS_EVERY:
+        return None
+    shown = [0]
+
+    def report(done: int, total: int) -> None:
+        if done - shown[0] >= PROGRESS_EVERY or done == total:
+            shown[0] = done
+            print(f"  {done}/{total} records written", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _store(config: Config) -> closing[RouteStore]:

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from sesmail_gateway.errors import PermanentFailure
-from sesmail_gateway.fsutil import FilesystemSync, ensure_dir, link_or_copy
+from sesmail_gateway.fsutil import PendingSyncs, ensure_dir, link_or_copy
 from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
 
 JUNK = ".Junk"
@@ -26,11 +26,14 @@ def ensure_maildir(path: Path) -> Path:
 
 
 class MaildirDeliverer:
-    """Delivers into Maildirs; with a group flush (``fs``) the files are synced by the runner's shared flush."""
+    """Delivers into Maildirs; with ``syncs`` the new files are fsynced by the spool's next checkpoint.
 
-    def __init__(self, data_dir: Path, fs: FilesystemSync | None = None) -> None:
+    Without it each delivery is fsynced (file and folder) before it returns.
+    """
+
+    def __init__(self, data_dir: Path, syncs: PendingSyncs | None = None) -> None:
         self.data_dir = data_dir
-        self.fs = fs if fs is not None and fs.available else None
+        self.syncs = syncs
         self._prepared: set[Path] = set()  # Maildirs known to exist (saves syscalls per message)
         self.host = socket.gethostname().replace("/", "_").replace(":", "_")
 
@@ -50,19 +53,21 @@ class MaildirDeliverer:
         # (the tmp/ step of Maildir exists to hide partial writes); a copy where links fail.
         # An existing file of that name is this message from an attempt a crash cut short.
         self._prepare(folder)
+        target = folder / "new" / name
         try:
-            link_or_copy(message.path, folder / "new" / name, sync=self.fs is None)
+            link_or_copy(message.path, target, sync=self.syncs is None)
         except FileNotFoundError:  # the Maildir was removed since we made it: make it again
             self._prepared.discard(folder)
             self._prepare(folder)
-            link_or_copy(message.path, folder / "new" / name, sync=self.fs is None)
+            link_or_copy(message.path, target, sync=self.syncs is None)
+        if self.syncs is not None:
+            self.syncs.file(target)
+            self.syncs.folder(target.parent)
 
     def _prepare(self, folder: Path) -> None:
         if folder in self._prepared:
             return
         ensure_maildir(folder)
-        if self.fs is not None:
-            self.fs.track(folder)
         self._prepared.add(folder)
 
     @staticmethod

@@ -8,9 +8,9 @@ address and caches the answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 KNOWN_ACTIONS = ("forward-to-gmail", "bounce", "store", "maildir")
 LEVELS = ("exact", "plus-stripped", "domain", "catch-all")
@@ -85,8 +85,25 @@ class RouteStore(Protocol):
         """Every raw record (plain Python values), routes and others, for export."""
         ...
 
-    def put_items(self, items: Sequence[dict[str, object]]) -> int:
-        """Write raw records (plain Python values) as they are, for import."""
+    def get_item(self, key: Mapping[str, str]) -> dict[str, Any] | None:
+        """One raw record (any entity type) by ``{"PK": …, "SK": …}``, or None."""
+        ...
+
+    def put_item(self, item: Mapping[str, object]) -> None:
+        """Write one raw record as it is."""
+        ...
+
+    def delete_item(self, key: Mapping[str, str]) -> bool:
+        """Remove one raw record; False when there was none."""
+        ...
+
+    def put_items(
+        self, items: Sequence[dict[str, object]], progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Write raw records (plain Python values) as they are, for import.
+
+        ``progress(done, total)`` is called as batches are written.
+        """
         ...
 
     # Declared after every annotation that says ``list[...]``: inside the

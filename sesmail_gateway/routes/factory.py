@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sesmail_gateway.config import Config
 from sesmail_gateway.routes import RouteStore, RouteStoreError
+from sesmail_gateway.routes.dynamodb import DynamoRouteStore
 from sesmail_gateway.routes.sqlite import SqliteRouteStore
 
 
@@ -18,6 +19,8 @@ def open_route_store(config: Config) -> RouteStore:
             raise RouteStoreError(f"rules.url: no database path in {config.rules.url!r}")
         return SqliteRouteStore(config.data_path(rest))
     if scheme == "dynamodb":
-        raise RouteStoreError("dynamodb rule store is not available yet")
+        if not rest or "/" in rest:
+            raise RouteStoreError(f"rules.url: expected dynamodb://TABLE, got {config.rules.url!r}")
+        return DynamoRouteStore(rest, aws_config=config.aws)
     # config.load() already refuses other schemes; this guards hand-built configs.
     raise RouteStoreError(f"rules.url: unsupported store {config.rules.url!r}")

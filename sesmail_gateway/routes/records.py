@@ -208,6 +208,19 @@ def from_typed(typed: object, where: str = "item") -> Item:
     }
 
 
+def to_wire(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain record as the DynamoDB API takes it (binaries stay bytes)."""
+    try:
+        return {key: _serializer.serialize(_decimals(value)) for key, value in item.items()}
+    except (TypeError, ArithmeticError) as exc:
+        raise ValueError(f"cannot express as DynamoDB values: {exc}") from None
+
+
+def from_wire(typed: Mapping[str, Any]) -> Item:
+    """A record as the DynamoDB API returns it, back to plain values."""
+    return {str(key): _plain(_deserializer.deserialize(value)) for key, value in typed.items()}
+
+
 def scan_document(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Exactly the shape ``aws dynamodb scan`` prints."""
     return {"Items": [to_typed(item) for item in items], "Count": len(items), "ScannedCount": len(items)}

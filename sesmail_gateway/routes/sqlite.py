@@ -106,12 +106,34 @@ class SqliteRouteStore:
             rows = conn.execute("SELECT pk, sk, body FROM items ORDER BY pk, sk").fetchall()
             return [self._item(row) for row in rows]
 
-    def put_items(self, items: Sequence[Mapping[str, object]]) -> int:
-        """Write raw records as they are, all or none; returns how many."""
+    def get_item(self, key: Mapping[str, str]) -> dict[str, Any] | None:
+        """One raw record by its PK and SK, or None."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT pk, sk, body FROM items WHERE pk = ? AND sk = ?",
+                               (key["PK"], key["SK"])).fetchone()
+            return self._item(row) if row else None
+
+    def put_item(self, item: Mapping[str, object]) -> None:
+        """Write one raw record as it is."""
+        with self._connection() as conn:
+            conn.execute(_UPSERT, _row(item))
+
+    def delete_item(self, key: Mapping[str, str]) -> bool:
+        """Remove one raw record; False when there was none."""
+        with self._connection() as conn:
+            cursor = conn.execute("DELETE FROM items WHERE pk = ? AND sk = ?", (key["PK"], key["SK"]))
+            return cursor.rowcount > 0
+
+    def put_items(
+        self, items: Sequence[Mapping[str, object]], progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Write raw records as they are, all or none (one transaction); returns how many."""
         with self._connection() as conn:
             rows = [_row(item) for item in items]
             with _transaction(conn):
                 conn.executemany(_UPSERT, rows)
+        if progress is not None:
+            progress(len(rows), len(rows))
         return len(rows)
 
     # After scan_items: in the class body ``list`` names this method from here on.

@@ -8,6 +8,7 @@ from pathlib import Path
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.tokens import ClientCredentials, TokenStore, TokenStoreError
 from sesmail_gateway.tokens.file import FileTokenStore
+from sesmail_gateway.tokens.ssm import SsmTokenStore
 
 
 def open_token_store(config: Config) -> TokenStore:
@@ -15,6 +16,10 @@ def open_token_store(config: Config) -> TokenStore:
     scheme, _, rest = config.gmail.tokens.partition("://")
     if scheme == "file":
         return FileTokenStore(config.data_path(rest or "tokens"))
+    if scheme == "ssm":
+        if not rest.strip("/"):
+            raise ConfigError(f"gmail.tokens: expected ssm://PATH, got {config.gmail.tokens!r}")
+        return SsmTokenStore(rest, aws_config=config.aws)
     raise ConfigError(f"gmail.tokens: the {scheme}:// token store is not available in this version")
 
 

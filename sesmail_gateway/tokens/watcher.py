@@ -114,8 +114,10 @@ class TokenWatcher:
         left = seconds_left(token, self.config.refresh_token_lifetime, now)
         self.metrics.gmail_token_seconds_left.labels(account=account).set(left)
         for threshold in (0.0, *sorted(WARN_BEFORE)):  # the nearest threshold crossed, once
+            if left > threshold:
+                continue
             key = (account, token.issued_at, threshold)
-            if left <= threshold and key not in self._warned:
+            if key not in self._warned:
                 self._warned.add(key)
                 if threshold:
                     log.warning("tokens: Gmail token for %s expires in %.1f h (issued %s); run `sesmail-gateway "
@@ -124,7 +126,7 @@ class TokenWatcher:
                 else:
                     log.warning("tokens: Gmail token for %s is past its assumed lifetime; new mail for it will "
                                 "be held until `token refresh --account %s`", account, account)
-                break
+            break
 
 
 def _iso(epoch: float) -> str:

@@ -244,6 +244,6 @@ def test_unreadable_rule_store_is_one_line(gateway: RoutesCli) -> None:
     assert "rules.db" in line and "not a database" in line
 
 
-def test_dynamodb_store_is_refused_for_now(tmp_path: Path) -> None:
-    line = make_gateway(tmp_path, "dynamodb://routes").fails("routes", "list")
-    assert line == "sesmail-gateway: dynamodb rule store is not available yet"
+def test_dynamodb_url_without_a_table_is_one_line(tmp_path: Path) -> None:
+    line = make_gateway(tmp_path, "dynamodb://").fails("routes", "list")
+    assert line == "sesmail-gateway: rules.url: expected dynamodb://TABLE, got 'dynamodb://'"

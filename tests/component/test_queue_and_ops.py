@@ -181,3 +181,32 @@ def test_10_bounce_rules_in_dsn_mode_accept_then_dead_letter_with_the_reason(
     [dead] = queue_json(gateway, "--state", "dead")
     assert dead["id"] == queue_id and "refused by routing rule" in str(dead["reason"])
     assert gateway.delivered() == []
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(make_gateway: Callable[..., Gateway]) -> None:
+    first = make_gateway()
+    second = make_gateway(subdir="second", start=False)
+    # The same data dir, its own ports: only the lock can stop it.
+    config = second.config.read_text().replace(str(second.data_dir), str(first.data_dir))
+    second.config.write_text(config)
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 2
+    lines = second.log().strip().splitlines()
+    assert len(lines) == 1 and "is in use by another sesmail-gateway" in lines[0] and str(first.proc.pid) in lines[0]
+    send(first)
+    first.wait_delivered(1)
+
+
+def test_a_taken_metrics_port_is_one_line_and_exit_2(make_gateway: Callable[..., Gateway]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        gateway = make_gateway({"metrics": {"listen": f"127.0.0.1:{busy.getsockname()[1]}"}}, start=False)
+        gateway.start(wait=False)
+        assert gateway.proc is not None
+        assert gateway.proc.wait(30) == 2
+    assert "metrics.listen: cannot listen" in gateway.log() and "Traceback" not in gateway.log()
+    assert not (gateway.data_dir / "spool").exists()  # nothing touched before the sockets were bound

@@ -7,9 +7,12 @@ testing MTA does); the spool, archive folder and state moves are real.
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -24,6 +27,7 @@ from sesmail_gateway.message import (
     INCOMING,
     PENDING,
     REJECTED,
+    SCHEMA_VERSION,
     Delivery,
     QueueItem,
     RecipientRoute,
@@ -31,7 +35,8 @@ from sesmail_gateway.message import (
     plan_deliveries,
 )
 from sesmail_gateway.metrics import Metrics
-from sesmail_gateway.runner import Runner, backoff_delay
+from sesmail_gateway.queue_ops import QueueOpError
+from sesmail_gateway.runner import POISON_LIMIT, Runner, backoff_delay
 from sesmail_gateway.spool import Spool, SpoolError, new_queue_id, run_checkpoints
 
 
@@ -210,16 +215,15 @@ async def test_held_messages_resume_oldest_first(spool: Spool, tmp_path: Path) -
     target = ScriptedTarget(dead, dead, dead)
     runner = await gmail_runner(spool, tmp_path, target, concurrency=1)  # one at a time: the order shows
     items = [gmail_item("me@gmail.test") for _ in range(3)]
-    for index, item in enumerate(reversed(items)):
-        item.created = 1000.0 + index  # queued newest first
-        await queue(spool, item)
-        await until(lambda item=item: where(spool, item.id) == HELD)  # type: ignore[misc]
+    for queued in items:
+        await queue(spool, queued)
+    await until(lambda: all(where(spool, i.id) == HELD for i in items))
     target.calls.clear()
     assert await runner.release_held("me@gmail.test", issued_after=6.0) == 3
     await until(lambda: len(target.calls) == 3)
     await runner.stop()
-    resumed = [queue_id for queue_id, _ in target.calls]
-    assert resumed == [i.id for i in sorted(items, key=lambda i: i.created)]
+    assert [queue_id for queue_id, _ in target.calls] == [i.id for i in items]
+    assert [e for e in items] == sorted(items, key=lambda i: i.created)
 
 
 async def test_a_held_account_does_not_hold_other_deliveries(spool: Spool, tmp_path: Path) -> None:
@@ -286,3 +290,144 @@ async def test_refused_messages_are_kept_thirty_days_then_deleted(spool: Spool, 
     assert where(spool, recent.id) == REJECTED
     await runner.stop()
     assert target.calls == []  # refused messages are never delivered on their own
+
+
+class BlockingTarget:
+    """Holds each delivery until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.calls = 0
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
+        self.calls += 1
+        self.entered.set()
+        assert self.go.wait(10)
+
+
+async def test_an_operator_delete_never_races_a_delivery(spool: Spool, tmp_path: Path) -> None:
+    target = BlockingTarget()
+    runner = await started(spool, tmp_path, ScriptedTarget())
+    runner.deliverers = {"maildir": target}
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await asyncio.to_thread(target.entered.wait, 10)
+    with mock.patch("sesmail_gateway.runner.OPERATOR_WAIT", 0.2), \
+            pytest.raises(QueueOpError, match="being delivered right now"):
+        await runner.operate("delete", queued.id)
+    assert where(spool, queued.id) == INCOMING  # untouched by the refused delete
+    target.go.set()
+    await until(lambda: spool.finishing(queued.id) or where(spool, queued.id) is None)
+    with pytest.raises(QueueOpError):
+        await runner.operate("delete", queued.id)  # delivered meanwhile: nothing reports a delete
+    await runner.stop()
+    assert target.calls == 1
+
+
+async def test_an_operator_retry_brings_a_dead_letter_back_at_once(spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget(PermanentFailure("no such mailbox"), None)
+    runner = await started(spool, tmp_path, target)
+    queued = make_item("a")
+    await queue(spool, queued)
+    await until(lambda: where(spool, queued.id) == DEAD)
+    assert await runner.operate("retry", queued.id) == "queued 1 message(s) for delivery now"
+    await until(lambda: len(target.calls) == 2)
+    await runner.stop()
+
+
+async def test_a_message_that_keeps_crashing_its_delivery_is_held_not_retried_forever(
+        spool: Spool, tmp_path: Path) -> None:
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+
+    def settle_with_a_bug(item: QueueItem) -> None:  # a runner bug that only this message triggers
+        raise KeyError("surprise")
+
+    runner._settle = settle_with_a_bug  # type: ignore[method-assign]
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await until(lambda: where(spool, queued.id) == HELD)
+    await runner.stop()
+    held = spool.find(queued.id)
+    assert len(target.calls) == POISON_LIMIT and held.crashes == POISON_LIMIT
+    assert "delivery failed unexpectedly: KeyError" in held.reason and "queue retry" in held.reason
+
+
+async def test_an_attempt_the_daemon_died_in_counts_as_a_crash(spool: Spool, tmp_path: Path) -> None:
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await spool.close()
+    # Two earlier runs died while delivering it (what they left in the attempt log).
+    (spool.root / "attempts.log").write_text(f"S {queued.id}\nS OTHER\nE OTHER\n")
+    spool.save(QueueItem.from_dict({**spool.find(queued.id).to_dict(), "crashes": POISON_LIMIT - 1}))
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    await until(lambda: where(spool, queued.id) == HELD)
+    await runner.stop()
+    assert target.calls == []
+    assert "the daemon stopped during a delivery attempt" in spool.find(queued.id).reason
+
+
+async def test_a_record_from_a_newer_version_is_delivered_not_set_aside(spool: Spool, tmp_path: Path) -> None:
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await spool.close()
+    # The record as a newer version would have written it: extra fields at every level.
+    meta = spool.root / INCOMING / queued.id / "meta.json"
+    newer = json.loads(meta.read_bytes())
+    newer.update(schema=SCHEMA_VERSION + 1, priority="bulk")
+    newer["client"]["asn"] = 64500
+    newer["recipients"][0]["notify"] = ["FAILURE"]
+    newer["deliveries"][0]["dsn_id"] = "x"
+    meta.write_text(json.dumps(newer))
+    target = ScriptedTarget()
+    runner = await started(spool, tmp_path, target)
+    await until(lambda: target.calls)
+    await runner.stop()
+    assert target.calls == [(queued.id, "mail")]
+    assert not list((spool.root / "corrupt").iterdir())
+    assert QueueItem.from_dict({k: v for k, v in newer.items() if k != "schema"}).schema == 1
+
+
+class Outage:
+    """A destination that fails temporarily until told otherwise; counts every attempt."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+        self.delivered: set[str] = set()
+        self._lock = threading.Lock()
+
+    def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
+        with self._lock:
+            self.calls += 1
+        if self.down:
+            raise TemporaryFailure("connection refused")
+        with self._lock:
+            self.delivered.add(item.id)
+
+
+async def test_an_outage_costs_a_probe_per_backoff_step_and_the_queue_resumes_together(
+        spool: Spool, tmp_path: Path) -> None:
+    target = Outage()
+    runner = await started(spool, tmp_path, ScriptedTarget())
+    runner.deliverers = {"maildir": target}
+    queued = [make_item("mail") for _ in range(300)]
+    for one in queued:
+        await queue(spool, one)
+    await until(lambda: runner.destinations.status() and runner.destinations.status()[0].parked >= 250)
+    # A few backoff steps (0.05 s doubling to 0.1 s) pass with the destination down.
+    steps_before = target.calls
+    await asyncio.sleep(0.5)
+    probes = target.calls - steps_before
+    assert probes <= 12, f"{probes} attempts in 0.5 s of outage for 300 queued messages"
+    assert target.calls < 40  # the first wave (one per runner worker) and the probes, not 300 x steps
+    status = runner.destinations.status()
+    assert [s.destination for s in status] == ["maildir:mail"] and "connection refused" in status[0].reason
+    assert "maildir:mail" in (spool.root / "destinations.json").read_text()
+    target.down = False
+    await until(lambda: len(target.delivered) == 300, timeout=20)
+    await runner.stop()
+    assert runner.destinations.status() == []
+    assert json.loads((spool.root / "destinations.json").read_text()) == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -66,48 +68,112 @@ async def test_a_failed_commit_raises_and_leaves_nothing_behind(tmp_path: Path) 
     assert spool.ids(INCOMING) == []
 
 
-async def test_without_syncfs_every_file_is_fsynced_before_enqueue_returns(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fsyncs are observed (os.fsync is wrapped, and still called): each file, the message's
-    folder, and the state folder it is renamed into, all before enqueue returns."""
-    synced: list[str] = []
-    real_fsync = os.fsync
+class SyncLog:
+    """Records every fsync/fdatasync by path (the OS is what is observed here), and refuses sync/syncfs."""
 
-    def observed_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
+    def __init__(self, fail_on: str = "") -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_on = fail_on
+        self._fsync, self._fdatasync = os.fsync, os.fdatasync
 
-    monkeypatch.setattr(os, "fsync", observed_fsync)
+    def _record(self, kind: str, fd: int, real: Callable[[int], None]) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if self.fail_on and path.endswith(self.fail_on):
+            raise OSError(errno.EIO, "Input/output error")
+        self.calls.append((kind, path))
+        real(fd)
+
+    def paths(self) -> list[str]:
+        return [path for _, path in self.calls]
+
+    def __enter__(self) -> SyncLog:
+        def no_flush(*_: object) -> None:
+            raise AssertionError("sync/syncfs must never be relied on")
+
+        self._patches = [
+            mock.patch("os.fsync", lambda fd: self._record("fsync", fd, self._fsync)),
+            mock.patch("os.fdatasync", lambda fd: self._record("fdatasync", fd, self._fdatasync)),
+            mock.patch("os.sync", no_flush),
+        ]
+        for patch in self._patches:
+            patch.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for patch in self._patches:
+            patch.stop()
+
+
+async def test_enqueue_returns_after_the_journal_record_and_its_name_are_durable(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.journaled = False  # as on a system without syncfs(2)
-    synced.clear()
+    queued = item()
+    with SyncLog() as syncs:
+        await spool.enqueue(queued, b"x\r\n")
+    journals = list((tmp_path / "journal").iterdir())
+    assert len(journals) == 1
+    # The journal's folder is fsynced when the file is created, then the record is fdatasynced.
+    assert syncs.calls == [("fsync", str(tmp_path / "journal")), ("fdatasync", str(journals[0]))]
+    await spool.close()
+
+
+async def test_checkpoint_fsyncs_undelivered_folders_before_a_journal_goes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    waiting, delivered = item(), item()
+    await spool.enqueue(waiting, b"x\r\n")
+    await spool.enqueue(delivered, b"y\r\n")
+    await asyncio.gather(*spool._writing)
+    journal = next((tmp_path / "journal").iterdir())
+    spool.finish(spool.claim(INCOMING, delivered.id))
+    seen_journal: list[bool] = []
+    with SyncLog() as syncs:
+        real = syncs._record
+
+        def record(kind: str, fd: int, fn: Callable[[int], None]) -> None:
+            seen_journal.append(journal.exists())
+            real(kind, fd, fn)
+
+        syncs._record = record  # type: ignore[method-assign]
+        spool.checkpoint()
+    folder = tmp_path / INCOMING / waiting.id
+    synced = set(syncs.paths())
+    assert {str(folder / "message.eml"), str(folder / "meta.json"), str(folder), str(tmp_path / INCOMING)} <= synced
+    # A delivered message needs no durable folder.
+    assert not any(delivered.id in path and "done" not in path for path in synced)
+    assert not journal.exists() and (tmp_path / "done" / delivered.id).exists()
+    # Everything the journal had to outlive was synced while it still existed.
+    first_after = seen_journal.index(False) if False in seen_journal else len(seen_journal)
+    assert str(folder / "message.eml") in syncs.paths()[:first_after]
+    await spool.close()
+
+
+async def test_a_failed_fsync_is_sticky_and_no_journal_is_deleted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
     queued = item()
     await spool.enqueue(queued, b"x\r\n")
-    returned = list(synced)
-    assert spool.ids(INCOMING) == [queued.id]  # at once: no background write
+    await asyncio.gather(*spool._writing)
+    with SyncLog(fail_on="message.eml"), pytest.raises(OSError):
+        spool.checkpoint()
+    journals = list((tmp_path / "journal").iterdir())
+    assert len(journals) == 1
+    with SyncLog(), pytest.raises(OSError, match="an earlier fsync failed"):
+        spool.checkpoint()  # the disk answers again: too late to trust what it dropped
+    assert list((tmp_path / "journal").iterdir()) == journals
+    crash(spool)
+    assert Spool(tmp_path).replay_orphaned_journals() == 0  # the folder is intact; the replay makes it durable
     assert list((tmp_path / "journal").iterdir()) == []
     root = tmp_path.resolve()
     tmp = root / "tmp" / queued.id
     assert {str(tmp / "message.eml"), str(tmp / "meta.json"), str(tmp), str(root / INCOMING)} <= set(returned)
 
 
-async def test_claim_move_save_and_remove(tmp_path: Path) -> None:
+async def test_a_failed_journal_fdatasync_is_answered_with_an_error_and_the_file_kept(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    queued = item()
-    await spool.enqueue(queued, b"x\r\n")
+    with SyncLog(fail_on=".wal"), pytest.raises(OSError):
+        await spool.enqueue(item(), b"never acknowledged\r\n")
+    later = item()
+    await spool.enqueue(later, b"acknowledged\r\n")
     await spool.close()
-    claimed = spool.claim(INCOMING, queued.id)
-    assert claimed.state == ACTIVE
-    with pytest.raises(SpoolError):
-        spool.claim(INCOMING, queued.id)  # someone else got it first
-    claimed.reason = "remote said 451"
-    spool.save(claimed)
-    spool.move(claimed, DEFERRED)
-    again = spool.find(queued.id)
-    assert (again.state, again.reason) == (DEFERRED, "remote said 451")
-    spool.remove(again)
-    with pytest.raises(SpoolError):
-        spool.find(queued.id)
+    assert len(list((tmp_path / "journal").iterdir())) == 2  # both kept for the next start-up
 
 
 async def test_recover_resumes_active_and_drops_unacknowledged_writes(tmp_path: Path) -> None:
@@ -116,7 +182,7 @@ async def test_recover_resumes_active_and_drops_unacknowledged_writes(tmp_path: 
     await spool.enqueue(first, b"x\r\n")
     await spool.enqueue(second, b"y\r\n")
     await spool.close()
-    spool.claim(INCOMING, first.id)  # a crash while delivering
+    os.rename(tmp_path / INCOMING / first.id, tmp_path / ACTIVE / first.id)  # as older versions claimed
     (tmp_path / "tmp" / "half-written").mkdir()  # a crash before the 250
     broken = tmp_path / DEFERRED / "BROKEN"
     broken.mkdir()
@@ -172,8 +238,7 @@ async def test_a_journaled_message_whose_folder_was_lost_is_restored(tmp_path: P
     # What a crash before the next checkpoint can leave behind:
     shutil.rmtree(tmp_path / INCOMING / lost.id)
     (tmp_path / INCOMING / torn.id / "message.eml").write_bytes(b"Rece")
-    spool.claim(INCOMING, delivered.id)
-    spool._tombstone(spool.load(ACTIVE, delivered.id))  # delivered and retired
+    spool._tombstone(spool.claim(INCOMING, delivered.id))  # delivered and retired
     crash(spool)
     with (tmp_path / "journal" / "1-999.wal").open("wb") as torn_tail:
         torn_tail.write(b"SMJ1\x00\x00")  # a batch whose fdatasync never finished
@@ -275,3 +340,19 @@ async def test_a_folder_that_cannot_be_written_yet_is_retried_until_it_can(
     await spool.close()  # waits for the background write, which retries after a second
     assert ready == [queued.id]
     assert (tmp_path / INCOMING / queued.id / "message.eml").read_bytes() == b"durable in the journal\r\n"
+
+
+async def test_a_crash_between_a_move_and_the_removal_keeps_the_newer_copy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    queued = item()
+    await spool.enqueue(queued, b"x\r\n")
+    await spool.close()
+    old = tmp_path / INCOMING / queued.id
+    new = tmp_path / DEFERRED / queued.id
+    shutil.copytree(old, new)  # what a crash after the new copy and before the removal leaves
+    later = time.time() + 5
+    os.utime(new / "meta.json", (later, later))
+    (tmp_path / DEFERRED / f".{queued.id}.moving").mkdir()  # and a move that never got renamed into place
+    Spool(tmp_path).recover()
+    assert spool.ids(INCOMING) == [] and spool.ids(DEFERRED) == [queued.id]
+    assert not (tmp_path / DEFERRED / f".{queued.id}.moving").exists()

@@ -40,7 +40,7 @@ async def test_warns_once_at_24h_and_once_at_6h(tmp_path: Path, caplog: pytest.L
     watcher = TokenWatcher(store=store, deliverer=deliverer, runner=runner, metrics=metrics,
                            config=GmailConfig(refresh_token_lifetime=7 * DAY), clock=lambda: now[0])
     caplog.set_level(logging.WARNING)
-    for advance in (0, 60, 3600, 17 * 3600, 60, 6 * 3600):
+    for advance in (0, 60, 3600, 17 * 3600, 60, 60, 6 * 3600, 60):  # several polls inside each window
         now[0] += advance
         await watcher.check()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -50,3 +50,19 @@ async def test_warns_once_at_24h_and_once_at_6h(tmp_path: Path, caplog: pytest.L
     assert "past its assumed lifetime" in warnings[2]
     left = metrics.registry.get_sample_value("sesmail_gmail_token_seconds_left", {"account": "a@gmail.test"})
     assert left is not None and left < 0
+
+
+async def test_a_token_found_with_hours_left_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    now = time.time()
+    store = FileTokenStore(tmp_path / "tokens")
+    store.put(StoredToken("a@gmail.test", "r", issued_at=now - 7 * DAY + 5 * 3600))  # 5 hours left
+    metrics = Metrics()
+    runner = Runner(spool=Spool(tmp_path / "spool"), archiver=FolderArchiver(tmp_path / "archive"), deliverers={},
+                    config=DeliveryConfig(), metrics=metrics)
+    watcher = TokenWatcher(store=store, deliverer=GmailDeliverer(store=store, client=lambda: None), runner=runner,
+                           metrics=metrics, config=GmailConfig(refresh_token_lifetime=7 * DAY), clock=lambda: now)
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        await watcher.check()
+    assert [r.getMessage() for r in caplog.records if "expires in" in r.getMessage()] == [
+        caplog.records[0].getMessage()]
