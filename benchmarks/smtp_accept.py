@@ -29,7 +29,12 @@ Targets (the default ``--mode all`` runs all four, per size, in one run):
   (then only that one is measured; ``--checks`` sends it the signed mail).
 
 ``--mode basic`` runs bare + gateway; ``--mode checks`` (or ``--checks``)
-runs gateway + gateway+checks.  The tests' DNS server (``tests/dnsserver.py``) serves
+runs gateway + gateway+checks.  ``--scan rspamd`` runs gateway against
+``gateway+rspamd``: the same gateway with ``scan.rspamd_url`` pointing at a
+private rspamd (Debian's package, started here on a loopback port with the
+test suite's configuration: no network modules, DNS through the stub); after
+the run ``/metrics`` must show one rspamd verdict, none an error, per
+accepted message, or the row fails.  The tests' DNS server (``tests/dnsserver.py``) serves
 the sender domain's TXT records to the gateway and NXDOMAIN for the rest;
 the DKIM signature is verified through it before anything is measured.
 
@@ -61,7 +66,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from types import SimpleNamespace
+from typing import IO, Any
 
 import postfix_peer
 from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
@@ -82,6 +88,9 @@ SETTLE_SECONDS = 0.5
 METRICS_SETTLE = 10.0
 """Seconds to wait for worker processes to relay their last auth verdicts to /metrics."""
 
+RSPAMD_WORKERS = os.cpu_count() or 1
+"""rspamd normal workers for ``--scan rspamd`` (rspamd's own advice: one per core)."""
+
 MODES = {
     "all": ("bare", "gateway", "gateway+checks", "postfix"),
     "basic": ("bare", "gateway"),
@@ -92,6 +101,7 @@ LEGEND = {
     "gateway": "gateway, sender domain without auth records (spf/dkim/dmarc = none, NXDOMAIN lookups)",
     "gateway+checks": "gateway, DKIM-signed mail, SPF pass, DMARC p=reject enforced (all must pass)",
     "postfix": "Debian Postfix smtpd -> queue -> discard:, no checks, in_flow_delay {delay} (same signed mail)",
+    "gateway+rspamd": "gateway, plain mail, every message scanned by rspamd (/checkv2) before the 250",
     "external": "--target server, plain mail from sender.test",
     "external+signed": f"--target server, DKIM-signed mail from {SENDER_DOMAIN} (records only in our DNS stub)",
 }
@@ -391,9 +401,10 @@ class GatewayTarget(SubprocessTarget):
     DKIM, SPF and DMARC, or the row fails.
     """
 
-    def __init__(self, dns_server: str, workers: int = 0, signed: bool = False) -> None:
+    def __init__(self, dns_server: str, workers: int = 0, signed: bool = False, rspamd_url: str = "") -> None:
         super().__init__()
-        self.name = "gateway+checks" if signed else "gateway"
+        self.name = "gateway+checks" if signed else "gateway+rspamd" if rspamd_url else "gateway"
+        self.rspamd_url = rspamd_url
         self.signed = signed
         self.dns_server = dns_server
         self.workers = workers
@@ -410,7 +421,7 @@ class GatewayTarget(SubprocessTarget):
         self.config_path.write_text(GATEWAY_CONFIG.format(
             data_dir=data_dir, smtp=f"{LOOPBACK}:{self.address[1]}", dns=self.dns_server,
             metrics=f"{LOOPBACK}:{self.metrics_address[1]}", workers=self.workers,
-        ))
+        ) + (f'\n[scan]\nrspamd_url = "{self.rspamd_url}"\n' if self.rspamd_url else ""))
 
     def command(self) -> list[str]:
         """Run the gateway's ``serve`` subcommand."""
@@ -426,6 +437,11 @@ class GatewayTarget(SubprocessTarget):
             return
         if self.signed and (short := missing_passes(row.auth, expected)):
             row.failure = f"checks did not pass for every accepted message: {short}"
+        if self.rspamd_url:
+            scans = await settled_scan_counts(self.metrics_address, expected)
+            # One verdict per accepted message (warm-up included), none an error.
+            if scans.get("error", 0) or sum(scans.values()) < expected:
+                row.failure = f"rspamd did not scan every accepted message: {scans}"
 
 
 # --------------------------------------------------------------------------- gateway /metrics
@@ -443,6 +459,25 @@ def parse_auth_results(text: str) -> AuthCounts:
         if "method" in labels and "result" in labels:
             counts.setdefault(labels["method"], {})[labels["result"]] = int(float(match["value"]))
     return counts
+
+
+_SCAN_SAMPLE = re.compile(r'^sesmail_scan_results_total\{result="(?P<result>\w+)",scanner="rspamd"\}\s+(?P<value>\S+)',
+                          re.MULTILINE)
+
+
+def parse_scan_results(text: str) -> dict[str, int]:
+    """rspamd's ``sesmail_scan_results_total`` samples by result."""
+    return {m["result"]: int(float(m["value"])) for m in _SCAN_SAMPLE.finditer(text)}
+
+
+async def settled_scan_counts(address: Address, expected: int) -> dict[str, int]:
+    """Scrape rspamd's verdict counts until there are ``expected`` (workers relay them periodically)."""
+    deadline = time.monotonic() + METRICS_SETTLE
+    while True:
+        counts = parse_scan_results(await asyncio.to_thread(fetch_metrics, address))
+        if sum(counts.values()) >= expected or time.monotonic() >= deadline:
+            return counts
+        await asyncio.sleep(0.25)
 
 
 def fetch_metrics(address: Address, timeout: float = 5.0) -> str:
@@ -582,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     parser.add_argument("--postfix-in-flow-delay", default="0s", metavar="TIME", type=postfix_time,
                         help="the Postfix peer's in_flow_delay (default 0s: full speed; 1s is Postfix's stock throttle)")
+    parser.add_argument("--scan", choices=["rspamd"],
+                        help="measure gateway against gateway+rspamd (accept rate with scanning off and on)")
     parser.add_argument("--workers", type=int, default=0,
                         help="gateway smtp.workers (default 0: one per core, the gateway's own default)")
     return parser
@@ -597,8 +634,10 @@ def make_targets(args: argparse.Namespace, workload: Workload) -> list[Target]:
         "gateway": lambda: GatewayTarget(workload.dns_server, args.workers),
         "gateway+checks": lambda: GatewayTarget(workload.dns_server, args.workers, signed=True),
         "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay),
+        "gateway+rspamd": lambda: GatewayTarget(workload.dns_server, args.workers, rspamd_url=args.rspamd_url),
     }
-    return [factories[name]() for name in MODES[args.mode]]
+    names = ("gateway", "gateway+rspamd") if args.scan else MODES[args.mode]
+    return [factories[name]() for name in names]
 
 
 async def run(args: argparse.Namespace, sizes: list[int]) -> list[Row]:
@@ -609,7 +648,11 @@ async def run(args: argparse.Namespace, sizes: list[int]) -> list[Row]:
     rows: list[Row] = []
     async with asyncio.timeout(args.timeout):
         workload = await prepare_workload(sizes)
+        scanner = None
         try:
+            if args.scan:
+                scanner = await asyncio.to_thread(start_rspamd, workload)
+                args.rspamd_url = scanner.address
             for size in sizes:
                 count = args.messages or default_count(size)
                 for target in make_targets(args, workload):
@@ -617,8 +660,27 @@ async def run(args: argparse.Namespace, sizes: list[int]) -> list[Row]:
                     rows.append(await measure(target, message, count, args.connections, args.warmup,
                                               workload.dns))
         finally:
+            if scanner is not None:
+                scanner.close()
             workload.dns.stop()
     return rows
+
+
+def start_rspamd(workload: Workload) -> Any:
+    """A private rspamd from Debian's package, configured as the test suite's (tests/scanners.py)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.scanners import rspamd
+
+    folder = Path(tempfile.mkdtemp(prefix="smtp-bench-rspamd-"))
+    process = rspamd(folder, SimpleNamespace(address=workload.dns_server), workers=RSPAMD_WORKERS,
+                     cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
+    try:
+        process.start()
+    except (AssertionError, OSError) as exc:
+        process.close()
+        raise BenchError(f"rspamd: {exc}") from None
+    progress(f"rspamd ready at {process.address}")
+    return process
 
 
 def parse_sizes(text: str) -> list[int] | None:

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from sesmail_gateway import control, sdnotify
+from sesmail_gateway import aws, control, sdnotify
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.archive.s3 import S3Archiver
@@ -35,6 +35,7 @@ from sesmail_gateway.routes.factory import open_route_store
 from sesmail_gateway.routes.records import utc_now
 from sesmail_gateway.routes.resolver import RouteResolver
 from sesmail_gateway.runner import Runner
+from sesmail_gateway.scan.factory import build_scanning
 from sesmail_gateway.smtp.handler import GatewayHandler
 from sesmail_gateway.smtp.server import SMTPServer
 from sesmail_gateway.spool import Spool, run_checkpoints
@@ -63,6 +64,11 @@ def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
 def open_bouncer(config: Config, spool: Spool) -> Bouncer | None:
     """With ``bounce.mode = "dsn"``, dead letters may earn a DSN sent through SES."""
     if config.bounce.mode != "dsn":
+        return None
+    if not (config.aws.region or config.aws.endpoint_url or aws.default_region()):
+        # The local default: the dead-letter record carries the reason; nothing is sent.
+        log.warning("bounce.mode = dsn without an AWS region (aws.region): DSNs are not sent through SES; "
+                    "dead letters keep the reason")
         return None
     return Bouncer(sender=SesSender(config.aws), from_address=config.bounce.sender,
                    reporting_mta=config.gateway.hostname, message_path=spool.message_path)
@@ -141,7 +147,8 @@ class Gateway:
         if worker_count(config) == 1:
             self.inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
             handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool, metrics=self.metrics,
-                                     inspector=self.inspector)
+                                     inspector=self.inspector,
+                                     scanning=build_scanning(config, observe=self.metrics.scan_result))
             self.smtp = SMTPServer(config, handler)
         else:
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)

@@ -45,3 +45,8 @@ def client(config: AwsConfig, service: str) -> Any:
             )
             _clients[key] = found
     return found
+
+
+def default_region() -> str:
+    """The region boto3 would use without ``aws.region`` (environment, ~/.aws/config), or ""."""
+    return boto3.session.Session().region_name or ""

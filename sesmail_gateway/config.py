@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sesmail_gateway.scan.lists import check_sender_entries
+
 ENV_VAR = "SESMAIL_GATEWAY_CONFIG"
 
 
@@ -127,6 +129,24 @@ class GmailConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScanConfig:
+    rspamd_url: str = ""
+    spamd: str = ""
+    clamd: str = ""
+    timeout: float = 20.0
+    max_size: int = 10485760
+    reject_score: float = 15.0
+    label_score: float = 6.0
+    on_failure: str = "accept"
+    allow_from: tuple[str, ...] = ()
+    block_from: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rspamd_url or self.spamd or self.clamd)
+
+
+@dataclass(frozen=True, kw_only=True)
 class BounceConfig:
     mode: str = "reject"
     sender: str = "mailer-daemon@example.com"
@@ -153,6 +173,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     gmail: GmailConfig = field(default_factory=GmailConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -171,15 +192,23 @@ class Config:
 _SECTION_TYPES = {
     "gateway": GatewayConfig, "smtp": SmtpConfig, "checks": ChecksConfig,
     "rules": RulesConfig, "archive": ArchiveConfig, "delivery": DeliveryConfig,
-    "gmail": GmailConfig, "bounce": BounceConfig, "aws": AwsConfig, "metrics": MetricsConfig,
+    "gmail": GmailConfig, "scan": ScanConfig, "bounce": BounceConfig, "aws": AwsConfig, "metrics": MetricsConfig,
 }
-#: Every time-valued key is a ``float`` field holding seconds, and every ``float`` field is
-#: time-valued: so each one, present or future, accepts the same duration syntax ("300",
-#: "5m", "1h", "5d" or a number). Zero is allowed here; _validate says where it is not.
+#: Every time-valued key, each taking the same duration syntax ("300", "5m", "1h", "5d" or a
+#: number of seconds). A new time-valued key belongs here; a test checks that every float key
+#: whose name says time (timeout, seconds, age, backoff, lifetime) is listed.
+_DURATION_KEYS = {
+    "smtp.command_timeout", "smtp.data_timeout", "checks.dns_timeout", "rules.cache_seconds",
+    "delivery.max_age", "delivery.backoff_base", "delivery.backoff_max",
+    "gmail.token_poll_seconds", "gmail.refresh_token_lifetime", "scan.timeout",
+}
+# Durations where 0 means something ("no cache", "never") rather than a mistake.
+_ZERO_DURATION_KEYS = {"rules.cache_seconds", "gmail.refresh_token_lifetime"}
 _CHOICES = {
     "checks.dmarc": ("enforce", "monitor"),
     "checks.spf_fail": ("tag", "reject"),
     "bounce.mode": ("reject", "dsn"),
+    "scan.on_failure": ("accept", "tempfail"),
 }
 _STORE_SCHEMES = {
     "rules.url": ("sqlite", "dynamodb"),
@@ -189,8 +218,8 @@ _STORE_SCHEMES = {
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, float):
-        return parse_duration(value, allow_zero=True)
+    if key in _DURATION_KEYS:
+        return parse_duration(value, allow_zero=key in _ZERO_DURATION_KEYS)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
@@ -199,6 +228,10 @@ def _convert(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
         return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")
@@ -276,8 +309,32 @@ def _validate(config: Config) -> None:
     for key, url in (("gmail.api_endpoint", config.gmail.api_endpoint), ("gmail.token_uri", config.gmail.token_uri)):
         if url and not url.startswith(("https://", "http://")):
             fail(key, f"expected an http(s) URL, got {url!r}")
+    _validate_scan(config.scan)
     if "@" not in config.bounce.sender:
         fail("bounce.sender", f"not an address: {config.bounce.sender!r}")
+
+
+def _validate_scan(scan: ScanConfig) -> None:
+    if scan.rspamd_url and not re.match(r"^https?://[^/\s]+", scan.rspamd_url):
+        raise ConfigError(f"scan.rspamd_url: expected http://host:port, got {scan.rspamd_url!r}")
+    # clamd may also be a unix socket path.
+    for key, value in (("scan.spamd", scan.spamd), ("scan.clamd", scan.clamd)):
+        if value and not value.startswith("/"):
+            try:
+                parse_hostport(value)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+    for key, number in (("scan.timeout", scan.timeout), ("scan.max_size", scan.max_size),
+                        ("scan.reject_score", scan.reject_score)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    if scan.label_score > scan.reject_score:
+        raise ConfigError("scan.label_score: must not be above scan.reject_score")
+    for key, entries in (("scan.allow_from", scan.allow_from), ("scan.block_from", scan.block_from)):
+        try:
+            check_sender_entries(entries)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
 
 
 def load_mapping(data: Mapping[str, Any], *, source: str = "") -> Config:

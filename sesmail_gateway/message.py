@@ -71,6 +71,8 @@ class RecipientRoute:
     pattern: str = ""
     level: str = ""
     actions: list[dict[str, str]] = field(default_factory=list)
+    # The rule's scan settings when it has any: {"spam": ..., "allow_from": [...], "block_from": [...]}.
+    scan: dict[str, Any] | None = None
 
 
 @dataclass

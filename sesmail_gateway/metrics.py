@@ -28,6 +28,8 @@ class SessionMetrics(Protocol):
 
     def auth_result(self, method: str, result: str) -> None: ...
 
+    def scan_result(self, scanner: str, result: str, seconds: float) -> None: ...
+
 
 class Metrics:
     """Every metric the daemon exports, on its own registry."""
@@ -56,6 +58,14 @@ class Metrics:
             ["method", "result"], registry=r,
         )
         self.accept_bytes = Counter("sesmail_accepted_bytes", "Bytes of accepted messages", registry=r)
+        self.scan_results = Counter(
+            "sesmail_scan_results", "Scanner verdicts by scanner and result (clean, spam, virus, error)",
+            ["scanner", "result"], registry=r,
+        )
+        self.scan_seconds = Histogram(
+            "sesmail_scan_seconds", "Time of one scan by scanner, failures included", ["scanner"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+        )
         self.gmail_token_seconds_left = Gauge(
             "sesmail_gmail_token_seconds_left",
             "Seconds until the account's Gmail refresh token is assumed to expire (+Inf: never)",
@@ -84,6 +94,10 @@ class Metrics:
 
     def auth_result(self, method: str, result: str) -> None:
         self.auth_results.labels(method=method, result=result).inc()
+
+    def scan_result(self, scanner: str, result: str, seconds: float) -> None:
+        self.scan_results.labels(scanner=scanner, result=result).inc()
+        self.scan_seconds.labels(scanner=scanner).observe(seconds)
 
     def track_destinations(self, status: Callable[[], Iterable[Any]]) -> None:
         """Export the destinations that are down, with how many messages wait for each."""

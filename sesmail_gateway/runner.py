@@ -140,6 +140,7 @@ class Runner:
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._known: set[str] = set()
         self._parked: set[str] = set()  # waiting in memory for a destination to come back
+        self._forced: set[str] = set()  # operator retries: tried at once, destination backoff or not
         # Messages someone is working on right now (a delivery attempt, an operator action).
         self._inflight: set[str] = set()
         self._inflight_changed = threading.Condition()
@@ -197,7 +198,12 @@ class Runner:
             self.spool, action, queue_id, every=every,
             reserve=lambda qid: self.reserve(qid, OPERATOR_WAIT), unreserve=self.unreserve))
         for moved in requeued:
-            self._submit(INCOMING, moved)
+            self._forced.add(moved)
+            if moved in self._parked:  # waiting for its destination: straight onto the queue
+                self._parked.discard(moved)
+                self._queue.put_nowait((INCOMING, moved))
+            else:
+                self._submit(INCOMING, moved)
         return message
 
     async def release_held(self, account: str | None = None, *, issued_after: float | None = None) -> int:
@@ -365,22 +371,28 @@ class Runner:
         self.spool.move(item, HELD)
         maillog.event("held", item.id, reason=item.reason)
 
+    def _admit(self, destination: str, forced: bool) -> bool:
+        return forced or self.destinations.admit(destination)
+
     def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
         self._parked.discard(queue_id)
+        # An operator's retry or release is tried now, whatever the destination's backoff says.
+        forced = queue_id in self._forced
+        self._forced.discard(queue_id)
         try:
             item = self.spool.claim(state, queue_id)
         except SpoolError:
             return None  # moved or deleted meanwhile (queue retry/delete)
         message = StoredMessage.at(self.spool.message_path(item))
         if not item.archived:
-            if not self.destinations.admit(ARCHIVE) and self._park(item, ARCHIVE):
+            if not self._admit(ARCHIVE, forced) and self._park(item, ARCHIVE):
                 return None
             if not self._archive(item, message):
                 return item
             self._came_back(ARCHIVE)
         waiting_for = ""
         for delivery in item.pending():
-            if not self.destinations.admit(delivery.key):
+            if not self._admit(delivery.key, forced):
                 waiting_for = waiting_for or delivery.key
                 continue
             if self._deliver(item, delivery, message):

@@ -453,7 +453,11 @@ class Spool:
         """Read a message for delivery where it lies (the runner alone delivers, one attempt at a time)."""
         if self.finishing(queue_id):
             raise SpoolError(f"message {queue_id} is already delivered")
-        return self.load(state, queue_id)
+        item = self.load(state, queue_id)
+        if not (self.root / state / queue_id / MESSAGE).exists():
+            self._set_aside(self.root / state / queue_id, "message file missing")
+            raise SpoolError(f"message {queue_id} has no message file; moved to {CORRUPT}/")
+        return item
 
     def remove(self, item: QueueItem) -> None:
         """Delete a message (operator delete): a tombstone keeps any journal from bringing it back."""
@@ -489,11 +493,8 @@ class Spool:
             report.discarded_tmp += 1
         self._drop_leftovers()
         report.replayed = self.replay_orphaned_journals()
-        for state in STATES:
-            for entry in os.scandir(self.root / state):
-                if not (Path(entry.path) / META).exists() or not (Path(entry.path) / MESSAGE).exists():
-                    self._set_aside(Path(entry.path), "message or metadata file missing")
-                    report.corrupt += 1
+        # Folders are not opened here (start-up stays fast with a large queue): one that is damaged
+        # is set aside when it is first read (load, claim).
         for queue_id in self.ids(ACTIVE):  # left by versions that claimed by renaming
             os.rename(self.root / ACTIVE / queue_id, self.root / INCOMING / queue_id)
             report.resumed += 1

@@ -59,6 +59,9 @@ class MetricsRelay:
     def auth_result(self, method: str, result: str) -> None:
         self._events.append(("auth_result", (method, result)))
 
+    def scan_result(self, scanner: str, result: str, seconds: float) -> None:
+        self._events.append(("scan_result", (scanner, result, seconds)))
+
     def queued(self, queue_id: str) -> None:
         self._events.append(("queued", (queue_id,)))
 
@@ -68,7 +71,8 @@ class MetricsRelay:
             self._conn.send(("events", events))
 
 
-APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused", "auth_result"})
+APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused", "auth_result",
+                        "scan_result"})
 
 
 def run_worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
@@ -96,6 +100,7 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     from sesmail_gateway.checks.inspector import Inspector
     from sesmail_gateway.routes.factory import open_route_store
     from sesmail_gateway.routes.resolver import RouteResolver
+    from sesmail_gateway.scan.factory import build_scanning
     from sesmail_gateway.smtp.handler import GatewayHandler
     from sesmail_gateway.smtp.server import SMTPServer
     from sesmail_gateway.spool import Spool, run_checkpoints
@@ -107,7 +112,8 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     store = open_route_store(config)
     resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
     inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
-    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, inspector=inspector)
+    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, inspector=inspector,
+                             scanning=build_scanning(config, observe=relay.scan_result))
     server = SMTPServer(config, handler, limits.bind(index))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

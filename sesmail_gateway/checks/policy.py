@@ -20,7 +20,7 @@ removes look-alikes that arrived with the message using
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from sesmail_gateway.checks import rfc5322
@@ -28,7 +28,7 @@ from sesmail_gateway.checks.dmarc import CHECK_FAILED, FROM_PROBLEMS
 from sesmail_gateway.checks.headers import header_fields, unfold
 from sesmail_gateway.checks.verdicts import Verdicts
 
-__all__ = ["POLICY_TABLE", "Decision", "authentication_results", "decide",
+__all__ = ["POLICY_TABLE", "Decision", "authentication_results", "decide", "decide_scan", "for_message",
            "strip_forged_authentication_results"]
 
 #: (check, outcome, setting) -> action; setting "*" applies whatever the config says.
@@ -49,10 +49,22 @@ POLICY_TABLE: Mapping[tuple[str, str, str], str] = {
     ("dmarc", "none", "monitor"): "accept",
     ("spf", "fail", "reject"): "reject",
     ("spf", "fail", "tag"): "accept",
+    # Scanning (decide_scan). A virus is refused whatever the route or the lists say.
+    ("virus", "found", "*"): "reject",
+    ("sender", "blocked", "*"): "reject",                  # scan.block_from or the route's block_from
+    # spam: outcome from the score (reject_score / label_score), setting from the route's `spam`
+    ("spam", "reject", "reject"): "reject",
+    ("spam", "reject", "label"): "quarantine",             # spam = "label": never refuse, only label
+    ("spam", "label", "reject"): "quarantine",
+    ("spam", "label", "label"): "quarantine",
+    ("spam", "reject", "allowed"): "accept",               # allow_from: no spam action, ever
+    ("spam", "label", "allowed"): "accept",
+    ("scan", "error", "accept"): "accept",                 # scan.on_failure; the message is tagged
+    ("scan", "error", "tempfail"): "tempfail",
 }
 
 
-_SEVERITY = {"accept": 0, "quarantine": 1, "reject": 2}
+_SEVERITY = {"accept": 0, "quarantine": 1, "tempfail": 2, "reject": 3}
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,38 @@ def decide(verdicts: Verdicts, *, dmarc_mode: str = "enforce", spf_fail: str = "
     if decision.action == "accept" and noted:
         return Decision("accept", None, "; ".join(noted))
     return decision
+
+
+def decide_scan(auth: Decision, outcomes: Iterable[tuple[str, str, str, str]]) -> Decision:
+    """The action for one recipient once scanned: ``auth`` (from :func:`decide`)
+    and each (check, outcome, setting, reason) of the scan, strictest wins.
+    Adds ``tempfail`` (answer 451) to the actions. Pure."""
+    decision, noted = auth, []
+    for check, outcome, setting, reason in outcomes:
+        action = POLICY_TABLE.get((check, outcome, setting)) or POLICY_TABLE.get((check, outcome, "*"), "accept")
+        if _SEVERITY[action] > _SEVERITY[decision.action]:
+            decision = Decision(action, check, reason)
+        noted.append(f"{reason} ({setting})")
+    if decision.action == "accept" and noted:
+        kept = [] if decision.reason == "no policy applies" else [decision.reason]
+        return Decision("accept", None, "; ".join(kept + noted))
+    return decision
+
+
+def for_message(decisions: Sequence[Decision]) -> Decision:
+    """One action for a message from its recipients' actions (SMTP answers DATA once).
+
+    The most lenient action wins, so no recipient loses mail its own policy
+    accepts; but when the recipients disagree and the lenient action is
+    accept, the message is quarantined, so no recipient finds in the inbox
+    what its own policy would have refused or labelled."""
+    if not decisions:
+        return Decision("accept", None, "no recipients")
+    lenient = min(decisions, key=lambda d: _SEVERITY[d.action])
+    strict = max(decisions, key=lambda d: _SEVERITY[d.action])
+    if lenient.action == "accept" and strict.action != "accept":
+        return Decision("quarantine", strict.reply_key, f"{strict.reason} (for some recipients)")
+    return lenient
 
 
 # -- Authentication-Results (RFC 8601) --------------------------------------------------

@@ -15,7 +15,7 @@ from sesmail_gateway import replies
 from sesmail_gateway.cli.common import CliError, Handler, json_flag, load_config, print_json, print_table
 from sesmail_gateway.config import Config
 from sesmail_gateway.fsutil import atomic_write
-from sesmail_gateway.routes import KNOWN_ACTIONS, Action, Match, RouteStore, Rule
+from sesmail_gateway.routes import KNOWN_ACTIONS, SPAM_SETTINGS, Action, Match, RouteStore, Rule
 from sesmail_gateway.routes.factory import open_route_store
 from sesmail_gateway.routes.records import (
     Item,
@@ -25,6 +25,7 @@ from sesmail_gateway.routes.records import (
     normalise_pattern,
     parse_scan_document,
     public_fields,
+    read_sender_list,
     scan_document,
 )
 from sesmail_gateway.routes.resolver import RouteResolver, normalise_address, rcpt_verdict
@@ -68,6 +69,13 @@ def _register_add(leaves: Subparsers, common: argparse.ArgumentParser) -> None:
                      help="target of the --action before it: a Gmail address or a Maildir path")
     add.add_argument("--description", default="", help="free text shown by list and get")
     add.add_argument("--disabled", action="store_true", help="store the rule switched off")
+    add.add_argument("--spam", choices=SPAM_SETTINGS, default="",
+                     help="label: never reject for spam, only label it; off: no spam scanning")
+    add.add_argument("--allow-from", dest="allow_from", action="append", default=[], metavar="SENDER",
+                     help="user@domain, @domain or dmarc:domain whose mail skips spam handling (not virus "
+                          "scanning); repeat for several")
+    add.add_argument("--block-from", dest="block_from", action="append", default=[], metavar="SENDER",
+                     help="user@domain, @domain or dmarc:domain whose mail is refused (550 5.7.1); repeat")
 
 
 def _leaf(leaves: Subparsers, common: argparse.ArgumentParser, name: str, handler: Handler,
@@ -114,12 +122,20 @@ def cmd_add(args: argparse.Namespace) -> int:
         check_actions(actions)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    rule = Rule(pattern, tuple(actions), enabled=not args.disabled, description=args.description)
+    try:
+        allow_from = read_sender_list("--allow-from", args.allow_from)
+        block_from = read_sender_list("--block-from", args.block_from)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    rule = Rule(pattern, tuple(actions), enabled=not args.disabled, description=args.description,
+                spam=args.spam, allow_from=allow_from, block_from=block_from)
     with _store(load_config(args)) as store:
         existed = store.get(pattern) is not None
         written = store.put(rule)
     state = "" if written.enabled else " (disabled)"
     print(f"{'replaced' if existed else 'added'} route {pattern}: {_actions_text(written)}{state}")
+    for line in _scan_lines(written):
+        print(f"  {line}")
     return 0
 
 
@@ -295,6 +311,15 @@ def _actions_text(rule: Rule) -> str:
     return ", ".join(f"{a.type} -> {a.target}" if a.target else a.type for a in rule.actions)
 
 
+def _scan_lines(rule: Rule) -> list[str]:
+    """The rule's scan settings, one ``name: value`` line each, only those set."""
+    lines = [f"spam:     {rule.spam}"] if rule.spam else []
+    for name, entries in (("allow_from", rule.allow_from), ("block_from", rule.block_from)):
+        if entries:
+            lines.append(f"{name}: {', '.join(entries)}")
+    return lines
+
+
 def _yes_no(value: bool) -> str:
     return "yes" if value else "no"
 
@@ -325,6 +350,8 @@ def _print_match(match: Match) -> None:
     if match.rule is not None:
         print(f"route:    {match.rule.pattern} (level {match.level})")
         print(f"actions:  {_actions_text(match.rule)}")
+        for line in _scan_lines(match.rule):
+            print(line)
     print("tried:")
     width = max(len(c.pattern) for c in match.tried)
     for candidate in match.tried:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 KNOWN_ACTIONS = ("forward-to-gmail", "bounce", "store", "maildir")
+SPAM_SETTINGS = ("label", "off")
 LEVELS = ("exact", "plus-stripped", "domain", "catch-all")
 
 
@@ -38,6 +39,10 @@ class Rule:
     description: str = ""
     created_at: str = ""
     updated_at: str = ""
+    # Optional scan settings (DESIGN 3): spam "" (default) | "label" | "off"; sender lists.
+    spam: str = ""
+    allow_from: tuple[str, ...] = ()
+    block_from: tuple[str, ...] = ()
 
     @property
     def unknown_actions(self) -> tuple[str, ...]:

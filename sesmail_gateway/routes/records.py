@@ -22,13 +22,16 @@ from typing import Any
 
 from boto3.dynamodb.types import DYNAMODB_CONTEXT, Binary, TypeDeserializer, TypeSerializer
 
-from sesmail_gateway.routes import KNOWN_ACTIONS, Action, Rule
+from sesmail_gateway.routes import KNOWN_ACTIONS, SPAM_SETTINGS, Action, Rule
+from sesmail_gateway.scan.lists import check_sender_entries
 
 ROUTE_PREFIX = "ROUTE#"
 RULE_SK = "RULE#v1"
 ENTITY_TYPE = "ROUTE"
 # The attributes `--json` listings show, in this order.
 PUBLIC_KEYS = ("recipient", "actions", "enabled", "description", "created_at", "updated_at")
+# Optional scan attributes (DESIGN 3), written and shown only when set.
+SCAN_KEYS = ("spam", "allow_from", "block_from")
 # Actions that mean nothing without somewhere to deliver to.
 TARGET_REQUIRED = {"forward-to-gmail": "a Gmail address", "maildir": "a Maildir path"}
 
@@ -107,6 +110,11 @@ def rule_to_item(rule: Rule) -> Item:
     if len(rule.actions) == 1:
         item["action"] = rule.actions[0].type
         item["target"] = rule.actions[0].target
+    if rule.spam:
+        item["spam"] = rule.spam
+    for key, entries in (("allow_from", rule.allow_from), ("block_from", rule.block_from)):
+        if entries:
+            item[key] = list(entries)
     return item
 
 
@@ -125,13 +133,16 @@ def item_to_rule(item: Mapping[str, Any]) -> Rule:
         description=_read_text(item.get("description")),
         created_at=_read_text(item.get("created_at")),
         updated_at=_read_text(item.get("updated_at")),
+        spam=read_spam(item.get("spam")),
+        allow_from=read_sender_list("allow_from", item.get("allow_from")),
+        block_from=read_sender_list("block_from", item.get("block_from")),
     )
 
 
 def public_fields(rule: Rule) -> Item:
     """The rule as `--json` shows it: the record's own attribute names."""
     item = rule_to_item(rule)
-    return {key: item[key] for key in PUBLIC_KEYS}
+    return {key: item[key] for key in PUBLIC_KEYS} | {key: item[key] for key in SCAN_KEYS if key in item}
 
 
 def canonical_item(item: Item) -> Item:
@@ -155,6 +166,28 @@ def _read_actions(item: Mapping[str, Any]) -> tuple[Action, ...]:
     if isinstance(single, str) and single:
         return (Action(single, _read_text(item.get("target"))),)
     raise ValueError("no actions: neither an actions list nor an action attribute")
+
+
+def read_spam(value: object) -> str:
+    """The ``spam`` attribute: "" (absent: the default policy), "label" or "off"."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str) and value.lower() in SPAM_SETTINGS:
+        return value.lower()
+    raise ValueError(f"spam: expected one of {', '.join(SPAM_SETTINGS)}, got {value!r}")
+
+
+def read_sender_list(key: str, value: object) -> tuple[str, ...]:
+    """``allow_from``/``block_from``: a list (or string set) of entries, normalised."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}: expected a list of addresses, @domains or dmarc:domains, got {value!r}")
+    try:
+        entries = check_sender_entries(sorted(value) if isinstance(value, (set, frozenset)) else value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    return tuple(dict.fromkeys(entries))
 
 
 def _read_action(entry: object, index: int) -> Action:

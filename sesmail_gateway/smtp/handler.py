@@ -23,6 +23,7 @@ from sesmail_gateway.metrics import SessionMetrics
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.routes import RouteStoreError
 from sesmail_gateway.routes.resolver import RouteResolver, rcpt_verdict
+from sesmail_gateway.scan.service import Scanning, route_scan_settings, scan_envelope
 from sesmail_gateway.spool import Spool, new_queue_id
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,14 @@ class GatewayHandler:
         spool: Spool,
         metrics: SessionMetrics,
         inspector: Inspector,
+        scanning: Scanning | None = None,
     ) -> None:
         self.config = config
         self.resolver = resolver
         self.spool = spool
         self.metrics = metrics
         self.inspector = inspector
+        self.scanning = scanning
         self.domains = {d.lower().rstrip(".") for d in config.gateway.domains}
 
     # -- hooks -------------------------------------------------------------
@@ -126,13 +129,23 @@ class GatewayHandler:
         item.size = len(inspection.content)
         item.client.reverse_name = inspection.reverse_name
         item.verdicts = inspection.verdicts.to_dict()
-        item.quarantine = inspection.decision.action == "quarantine"
         for method, result in inspection.verdicts.results_by_method().items():
             self.metrics.auth_result(method, result)
-        refusal = REFUSALS.get(inspection.decision.reply_key or "") if inspection.decision.action == "reject" else None
+        decision, scan_header = inspection.decision, b""
+        if self.scanning is not None:
+            scan = await self.scanning.scan(inspection.content, envelope=scan_envelope(item), routes=[
+                r.scan for r in item.recipients], auth_decision=inspection.decision)
+            decision, scan_header, item.verdicts["scan"] = scan.decision, scan.header, scan.verdict
+            if decision.action == "tempfail":
+                self.metrics.refused("scan-tempfail")
+                maillog.event("rejected", item.id, stage="data", reply=str(replies.SCAN_TEMPFAIL),
+                              reason=decision.reason)
+                return str(replies.SCAN_TEMPFAIL)
+        item.quarantine = decision.action == "quarantine"
+        refusal = REFUSALS.get(decision.reply_key or "") if decision.action == "reject" else None
         if refusal is not None:
-            item.state, item.reason = REJECTED, inspection.decision.reason
-        header = inspection.header + received_header(
+            item.state, item.reason = REJECTED, decision.reason
+        header = inspection.header + scan_header + received_header(
             item=item, hostname=self.config.gateway.hostname, esmtp=session.extended_smtp)
         try:
             await self.spool.enqueue(item, header, inspection.content)
@@ -145,7 +158,7 @@ class GatewayHandler:
                 return str(replies.SPOOL_ERROR)
         if refusal is not None:
             # Refused, but kept in rejected/ for review; `queue release` delivers it after all.
-            self.metrics.refused(f"{inspection.decision.reply_key}-policy")
+            self.metrics.refused(f"{decision.reply_key}-policy")
             maillog.event("rejected", item.id, stage="data", sender=item.sender, reply=str(refusal),
                           reason=item.reason, verdicts=item.verdicts)
             _logged(server)
@@ -153,7 +166,8 @@ class GatewayHandler:
         self.metrics.message_accepted(item.size)
         maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
                       deliveries=[d.key for d in item.deliveries], quarantine=item.quarantine or None,
-                      auth=inspection.verdicts.results_by_method(), decision=inspection.decision.reason)
+                      auth=inspection.verdicts.results_by_method(), decision=decision.reason,
+                      scan=item.verdicts.get("scan"))
         return str(replies.queued(item.id))
 
     async def handle_exception(self, error: Exception) -> str:
@@ -196,7 +210,8 @@ class GatewayHandler:
                 log.error("routes: %s: %s", address, why)
             return reply, None
         actions = [{"type": a.type, "target": a.target} for a in match.rule.actions]
-        return reply, RecipientRoute(address, match.rule.pattern, match.level or "", actions)
+        return reply, RecipientRoute(address, match.rule.pattern, match.level or "", actions,
+                                     scan=route_scan_settings(match.rule))
 
     def _new_item(self, server: Any, session: Any, envelope: Any) -> QueueItem:
         peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
@@ -209,7 +224,8 @@ class GatewayHandler:
 
 
 # Why a message is refused at the end of DATA (the policy's reply_key) → the reply.
-REFUSALS = {"dmarc": replies.DMARC_REJECT, "spf": replies.SPF_REJECT, "from": replies.FROM_REJECT}
+REFUSALS = {"dmarc": replies.DMARC_REJECT, "spf": replies.SPF_REJECT, "from": replies.FROM_REJECT,
+            "virus": replies.VIRUS_REJECT, "spam": replies.SPAM_REJECT, "sender": replies.SENDER_BLOCKED}
 
 
 def _logged(server: Any) -> None:
