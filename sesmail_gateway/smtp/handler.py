@@ -140,6 +140,7 @@ class GatewayHandler:
                 self.metrics.refused("scan-tempfail")
                 maillog.event("rejected", item.id, stage="data", reply=str(replies.SCAN_TEMPFAIL),
                               reason=decision.reason)
+                _logged(server)
                 return str(replies.SCAN_TEMPFAIL)
         item.quarantine = decision.action == "quarantine"
         refusal = REFUSALS.get(decision.reply_key or "") if decision.action == "reject" else None
