@@ -12,6 +12,7 @@ from sesmail_gateway.cli import dns, outbound, queue, routes, serve, smtp_users,
 from sesmail_gateway.cli.common import CliError, common_parser, os_error_line
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
+from sesmail_gateway.spool import SpoolError
 from sesmail_gateway.tokens import TokenStoreError
 
 PROG = "sesmail-gateway"
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: config: {exc}", file=sys.stderr)
         return 2
-    except (CliError, RouteStoreError, TokenStoreError) as exc:
+    except (CliError, RouteStoreError, TokenStoreError, SpoolError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a folder that cannot be read, a disk that is full: one line, no traceback
