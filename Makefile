@@ -5,7 +5,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= config/local.toml
 
-.PHONY: run test lint typecheck bench bench-aws clean
+.PHONY: run test test-slow lint typecheck bench bench-aws clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy sesmail_gateway
 
+# The suite without the long scenarios (crash, power loss, fuzzing, 30 MiB uploads); CI runs both.
 test: $(TEST_STAMP) lint typecheck
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not slow"
+
+test-slow: $(TEST_STAMP)
+	$(PY) -m pytest -q -ra -m slow
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/smtp_accept.py

@@ -133,6 +133,8 @@ def _act(args: argparse.Namespace, action: str, queue_id: str = "", every: bool 
             raise CliError(str(answer.get("error", "the daemon refused")))
         print(answer["message"])
         return 0
+    if not (config.data_dir / "spool").is_dir():
+        raise CliError(f"no spool in {config.data_dir}: nothing to {action}")
     try:
         lock = control.lock_data_dir(config.data_dir)
     except ConfigError:

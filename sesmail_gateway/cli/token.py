@@ -153,7 +153,7 @@ def _when(epoch: float | None) -> str:
 
 def _held_and_errors(config: Config) -> tuple[dict[str, int], dict[str, str]]:
     """Held messages per account, and each account's most recent delivery error, from the spool."""
-    spool = Spool(config.data_dir / "spool")
+    spool = Spool(config.data_dir / "spool", create=False)
     held: dict[str, int] = {}
     errors: dict[str, tuple[float, str]] = {}
 
