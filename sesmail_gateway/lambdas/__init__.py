@@ -1,0 +1,1 @@
+"""AWS Lambda functions deployed beside the gateway; each module stands alone (no package imports)."""
