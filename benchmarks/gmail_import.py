@@ -149,10 +149,9 @@ def free_port() -> int:
 
 
 async def bench_end_to_end(server: GmailServer, tmp: Path, size: int, count: int) -> dict[str, float]:
-    from _dnsstub import DnsStub
-
     from sesmail_gateway.routes import Action, Rule
     from sesmail_gateway.routes.sqlite import SqliteRouteStore
+    from tests.dnsserver import TestDNSServer
 
     data = tmp / f"e2e-{size}"
     data.mkdir()
@@ -161,8 +160,8 @@ async def bench_end_to_end(server: GmailServer, tmp: Path, size: int, count: int
     for index in range(ACCOUNTS):
         routes.put(Rule(f"user{index}@bench.test", (Action("forward-to-gmail", f"acct{index}@gmail.test"),)))
     routes.close()
-    dns = DnsStub()
-    dns_address = await dns.start()
+    dns = TestDNSServer().start()  # no records: every name is NXDOMAIN
+    dns_address = dns.address
     smtp_port, metrics_port = free_port(), free_port()
     config = data / "gateway.toml"
     config.write_text(f"""

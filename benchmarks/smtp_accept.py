@@ -34,7 +34,7 @@ runs gateway + gateway+checks.  ``--scan rspamd`` runs gateway against
 private rspamd (Debian's package, started here on a loopback port with the
 test suite's configuration: no network modules, DNS through the stub); after
 the run ``/metrics`` must show one rspamd verdict, none an error, per
-accepted message, or the row fails.  A loopback DNS stub (``_dnsstub.py``) serves
+accepted message, or the row fails.  The tests' DNS server (``tests/dnsserver.py``) serves
 the sender domain's TXT records to the gateway and NXDOMAIN for the rest;
 the DKIM signature is verified through it before anything is measured.
 
@@ -71,12 +71,14 @@ from typing import IO, Any
 
 import postfix_peer
 from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
-from _dnsstub import DnsStub
 from _report import AuthCounts, Row, all_verdicts_in, format_report, missing_passes, ratios, size_label
 from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from tests.dnsserver import TestDNSServer  # noqa: E402  (the one DNS test server, shared with the tests)
+
 DISCARD_SERVER = Path(__file__).resolve().parent / "discard_server.py"
 READY_TIMEOUT = 30.0
 EXTERNAL_READY_TIMEOUT = 5.0
@@ -195,7 +197,7 @@ async def wait_for_banner(address: Address, deadline: float, alive: Callable[[],
 class Workload:
     """What every target of one run shares: the DNS stub, and the messages per size (signed once each)."""
 
-    dns: DnsStub
+    dns: TestDNSServer
     auth: AuthSetup
     plain: dict[int, MessageTemplate]
     signed: dict[int, MessageTemplate]
@@ -213,13 +215,13 @@ class Workload:
 async def prepare_workload(sizes: Sequence[int]) -> Workload:
     """Generate the DKIM key, sign one message per size, start the DNS stub, and prove a message verifies."""
     auth = AuthSetup.generate()
-    dns = DnsStub(auth.records())
+    dns = TestDNSServer({name: {"TXT": values} for name, values in auth.records().items()})
     try:
-        await dns.start()
+        dns.start()
         workload = Workload(dns, auth, {size: MessageTemplate.build(size) for size in sizes},
                             {size: auth.template(size) for size in sizes})
         for template in workload.signed.values():
-            await asyncio.to_thread(verify_against_stub, auth, template, dns.address)
+            await asyncio.to_thread(verify_against_stub, auth, template, (LOOPBACK, dns.port))
     except (AuthSetupError, OSError, ValueError) as exc:
         dns.stop()
         raise BenchError(f"checks set-up: {exc}") from None
@@ -543,7 +545,7 @@ class PostfixTarget(Target):
 
 
 async def measure(target: Target, message: MessageSource, count: int, connections: int, warmup: int,
-                  dns: DnsStub | None = None) -> Row:
+                  dns: TestDNSServer | None = None) -> Row:
     """Start ``target``, warm it up, measure ``count`` messages, collect its figures, stop it.
 
     ``dns`` is the run's DNS stub: for the gateway the row records how many
@@ -562,10 +564,10 @@ async def measure(target: Target, message: MessageSource, count: int, connection
             warm = await run_load(target.address, message, connections, warmup)
             row.warmup_accepted, row.warmup_errors = warm.accepted, dict(warm.errors)
         progress(f"{label}: sending {count} messages over {connections} connections")
-        queries = dns.queries if dns else 0
+        queries = dns.query_count() if dns else 0
         row.result = await run_load(target.address, message, connections, count)
         if dns and isinstance(target, GatewayTarget):
-            row.dns_queries = dns.queries - queries
+            row.dns_queries = dns.query_count() - queries
         await target.after_load(row)
     except BenchError as exc:
         row.failure = str(exc)

@@ -32,9 +32,9 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 
 
 def parse_duration(value: str | int | float, *, allow_zero: bool = False) -> float:
-    """Seconds from ``"10s"``, ``"5m"``, ``"1h"``, ``"5d"`` or a plain number (``"0"`` only with allow_zero)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"10s\" or \"5d\"")
+    """Seconds from ``"10s"``, ``"5m"``, ``"1h"``, ``"5d"``, ``"300"`` or a plain number."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a duration such as \"10s\" or \"5d\", got {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
@@ -194,9 +194,16 @@ _SECTION_TYPES = {
     "rules": RulesConfig, "archive": ArchiveConfig, "delivery": DeliveryConfig,
     "gmail": GmailConfig, "scan": ScanConfig, "bounce": BounceConfig, "aws": AwsConfig, "metrics": MetricsConfig,
 }
-_DURATION_KEYS = {"delivery.max_age", "delivery.backoff_base", "delivery.backoff_max", "scan.timeout"}
-# Durations where 0 means "never" rather than a mistake.
-_ZERO_DURATION_KEYS = {"gmail.refresh_token_lifetime"}
+#: Every time-valued key, each taking the same duration syntax ("300", "5m", "1h", "5d" or a
+#: number of seconds). A new time-valued key belongs here; a test checks that every float key
+#: whose name says time (timeout, seconds, age, backoff, lifetime) is listed.
+_DURATION_KEYS = {
+    "smtp.command_timeout", "smtp.data_timeout", "checks.dns_timeout", "rules.cache_seconds",
+    "delivery.max_age", "delivery.backoff_base", "delivery.backoff_max",
+    "gmail.token_poll_seconds", "gmail.refresh_token_lifetime", "scan.timeout",
+}
+# Durations where 0 means something ("no cache", "never") rather than a mistake.
+_ZERO_DURATION_KEYS = {"rules.cache_seconds", "gmail.refresh_token_lifetime"}
 _CHOICES = {
     "checks.dmarc": ("enforce", "monitor"),
     "checks.spf_fail": ("tag", "reject"),
@@ -211,10 +218,8 @@ _STORE_SCHEMES = {
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:
-    if key in _ZERO_DURATION_KEYS:
-        return parse_duration(value, allow_zero=True)
     if key in _DURATION_KEYS:
-        return parse_duration(value)
+        return parse_duration(value, allow_zero=key in _ZERO_DURATION_KEYS)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
@@ -269,6 +274,9 @@ def _validate(config: Config) -> None:
         "checks.dns_timeout": config.checks.dns_timeout,
         "delivery.concurrency": config.delivery.concurrency,
         "gmail.token_poll_seconds": config.gmail.token_poll_seconds,
+        "delivery.max_age": config.delivery.max_age,
+        "delivery.backoff_base": config.delivery.backoff_base,
+        "delivery.backoff_max": config.delivery.backoff_max,
     }
     for key, value in positive.items():
         if value <= 0:

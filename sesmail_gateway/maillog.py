@@ -1,7 +1,7 @@
 """The mail-event log: one JSON line per message decision, keyed by queue id.
 
 The vocabulary is fixed: received, rejected, queued, archived, delivered,
-deferred, held, dead, released, deleted. Lines go to the ``sesmail.mail``
+deferred, held, dead, released, deleted, retried. Lines go to the ``sesmail.mail``
 logger, which the daemon writes to standard error (the journal under
 systemd). Secrets never go here: only envelope, client and verdict fields.
 """

@@ -6,13 +6,17 @@ RFC 8601 2.7.1:
 * ``pass``      -- the signature verifies over the whole body;
 * ``fail``      -- the key was found but the signature or body hash does not match;
 * ``neutral``   -- the signature cannot be processed (syntax, unsupported
-  algorithm), or its ``l=`` tag leaves part of the body unsigned
-  (``partial_body=True``): content appended after the signed length is
-  exactly what an attacker would add, so such a signature is never a pass
-  and never aligns for DMARC;
-* ``permerror`` -- no key published for ``s=._domainkey.d=`` (RFC 6376 "no
-  key"), a revoked key (``p=`` empty), or an unusable key (syntax, < 1024 bits);
-* ``temperror`` -- the key lookup failed temporarily (or dkimpy broke).
+  algorithm), was not verified (past :data:`MAX_SIGNATURES`, or the
+  message's time budget for key lookups was spent), or its ``l=`` tag
+  leaves part of the body unsigned (``partial_body=True``): content appended
+  after the signed length is exactly what an attacker would add, so such a
+  signature is never a pass and never aligns for DMARC;
+* ``permerror`` -- the signature is invalid whatever DNS says: ``h=`` does
+  not sign From (RFC 6376 5.4, 6.1.1), it expired (``x=`` in the past, no
+  leeway), or its key is unusable: none published for ``s=._domainkey.d=``,
+  revoked (``p=`` empty), ``k=`` not the signature's algorithm, syntax,
+  < 1024 bits; and anything dkimpy raises that is not a DNS failure;
+* ``temperror`` -- the key lookup failed temporarily (DNS trouble), and nothing else.
 
 dkimpy reports most of these as a bare ``False``; :class:`DkimTxtLookup`
 records what DNS said so the cases can be told apart without parsing
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import dkim
@@ -30,7 +35,7 @@ import dkim.crypto
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from sesmail_gateway.checks.dns import DkimTxtLookup, DnsResult, DnsStatus, Resolver
+from sesmail_gateway.checks.dns import BUDGET_EXHAUSTED, DkimTxtLookup, DnsResult, DnsStatus, Resolver
 from sesmail_gateway.checks.headers import header_fields
 
 
@@ -52,32 +57,72 @@ dkim.crypto.int2str = _int2str
 dkim.crypto.str2int = _str2int
 
 _ORIGINAL_RFC822_PARSE = dkim.rfc822_parse
+_ORIGINAL_SELECT_HEADERS = dkim.select_headers
 _LINE_END = re.compile(rb"\r?\n")
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 
 
 def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
-    """dkimpy's ``rfc822_parse`` without splitting the body into lines.
+    """dkimpy's ``rfc822_parse``, linear in the size of the message.
 
-    dkimpy splits the whole message at every line end to find the blank line
-    and then joins the body back with CRLF: half the check time of a 100 KiB
-    message. Here only the header block is handed to dkimpy's own parser;
-    the body is kept as it is when its line ends are already CRLF (as SMTP
-    delivers them), and normalised the same way otherwise.
+    dkimpy appends each continuation line to its field with ``+=`` (quadratic
+    in the number of folds: a 40 MiB header of folds would take hours, and a
+    check that runs out of time leaves DMARC temperror), and splits the whole
+    body into lines to join it back with CRLF. Here the fields are collected
+    in lists and joined once, and the body is kept as it is when its line
+    ends are already CRLF (as SMTP delivers them), normalised otherwise. The
+    result is the same as dkimpy's.
     """
     if message.startswith((b"\n", b"\r\n")):
-        return _ORIGINAL_RFC822_PARSE(message)  # type: ignore[no-any-return]
-    ends = [i for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
-    if not ends:
-        return _ORIGINAL_RFC822_PARSE(message)  # type: ignore[no-any-return]
-    blank = min(ends) + 1  # where the empty line starts
-    headers, _ = _ORIGINAL_RFC822_PARSE(message[:blank])
-    body = message[blank + (1 if message[blank:blank + 1] == b"\n" else 2):]
-    if body.count(b"\n") != body.count(b"\r\n"):
-        body = _LINE_END.sub(b"\r\n", body)
-    return headers, body
+        blank: int | None = 0
+    else:
+        ends = [i + 1 for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
+        blank = min(ends) if ends else None  # where the empty line starts
+    if blank is None:
+        block, body = message, b""
+    else:
+        block = message[:blank]
+        body = message[blank + (1 if message[blank:blank + 1] == b"\n" else 2):]
+        if body.count(b"\n") != body.count(b"\r\n"):
+            body = _LINE_END.sub(b"\r\n", body)
+    return _header_fields(block), body
+
+
+def _header_fields(block: bytes) -> list[list[bytes]]:
+    fields: list[tuple[bytes, list[bytes]]] = []
+    for line in _LINE_END.split(block):
+        if not line:
+            continue  # only the split's empty tail: the block holds no empty line
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                raise dkim.MessageFormatError("continuation line before the first header field")
+            fields[-1][1].append(line + b"\r\n")
+            continue
+        match = _FIELD_NAME.match(line)
+        if match is not None:
+            fields.append((match.group(1), [line[match.end(0):] + b"\r\n"]))
+        elif not line.startswith(b"From "):
+            raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line[:80]!r}")
+    return [[name, b"".join(parts)] for name, parts in fields]
+
+
+def _select_headers(headers: list[tuple[bytes, bytes]], include_headers: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """dkimpy's ``select_headers`` (RFC 6376 5.4.2: each name in h= takes the next instance
+    from the bottom), in one pass: dkimpy rescans every field for each name it does not
+    find, so h= listing many distinct names over many fields was quadratic."""
+    where: dict[bytes, list[int]] = {}
+    for index, (name, _value) in enumerate(headers):
+        where.setdefault(name.lower(), []).append(index)
+    selected = []
+    for name in include_headers:
+        found = where.get(name)
+        if found:
+            selected.append(headers[found.pop()])
+    return selected
 
 
 dkim.rfc822_parse = _rfc822_parse
+dkim.select_headers = _select_headers
 
 __all__ = ["ArcResult", "DkimResult", "check_arc", "check_dkim"]
 
@@ -88,6 +133,8 @@ _QUIET.propagate = False
 
 _SYNTAX_ERRORS = (dkim.ValidationError, dkim.MessageFormatError, dkim.ParameterError)
 MAX_SIGNATURES = 16
+MAX_SIGNED_FIELDS = 512  # far above any signer's h= (tens of names, over-signing included)
+_H_TAG = re.compile(rb"(?:^|;)\s*h\s*=([^;]*)")
 
 
 @dataclass(frozen=True)
@@ -111,34 +158,46 @@ def _has_field(message: bytes, *names: str) -> bool:
 
 
 def check_dkim(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
-               max_signatures: int = MAX_SIGNATURES) -> list[DkimResult]:
+               max_signatures: int = MAX_SIGNATURES, lookup: DkimTxtLookup | None = None,
+               now: float | None = None) -> list[DkimResult]:
     """One result per DKIM-Signature field, top first; ``[]`` when unsigned.
-    Key lookups share one ``lifetime`` budget; signatures past
-    ``max_signatures`` are recorded ``neutral`` unverified (RFC 6376 6.1 lets a
-    verifier limit them). Never raises."""
+    Key lookups share one ``lifetime`` budget (or the budget of ``lookup``,
+    shared with ARC); signatures past ``max_signatures`` are recorded
+    ``neutral`` unverified (RFC 6376 6.1 lets a verifier limit them). ``now``
+    (default ``time.time()``) decides expiry. Never raises."""
     if not _has_field(message, "dkim-signature"):
         return []  # skip dkimpy's parse of the whole message
     try:
         verifier = dkim.DKIM(message, logger=_QUIET, minkey=1024)
     except Exception as exc:
         return [DkimResult("neutral", reason=f"message not parseable: {exc}")]
-    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
-    lookup = DkimTxtLookup(resolver, lifetime)
-    return [_verify_one(verifier, index, lookup) if index < max_signatures
-            else DkimResult("neutral", reason=f"not verified: more than {max_signatures} signatures")
-            for index in range(count)]
+    signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
+    lookup = lookup or DkimTxtLookup(resolver, lifetime)
+    when = time.time() if now is None else now
+    return [DkimResult("neutral", reason=f"not verified: more than {max_signatures} signatures")
+            if index >= max_signatures else
+            DkimResult("permerror", reason=f"h= lists more than {MAX_SIGNED_FIELDS} fields")
+            if _signed_field_count(value) > MAX_SIGNED_FIELDS else
+            _verify_one(verifier, index, lookup, when)
+            for index, value in enumerate(signatures)]
+
+
+def _signed_field_count(signature: bytes) -> int:
+    """How many names the h= tag lists (dkimpy's ed25519 path is quadratic in it)."""
+    match = _H_TAG.search(signature)
+    return match.group(1).count(b":") + 1 if match else 0
 
 
 def _text(fields: dict[bytes, bytes], tag: bytes) -> str:
     return fields.get(tag, b"").decode("utf-8", "replace").strip()
 
 
-def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimResult:
+def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup, now: float) -> DkimResult:
     verifier.signature_fields = {}
     error: Exception | None = None
     try:
         ok = bool(verifier.verify(idx=index, dnsfunc=lookup))
-    except Exception as exc:  # dkimpy raises for malformed input; anything else is ours
+    except Exception as exc:  # dkimpy raises for malformed input, and sometimes for its own bugs
         ok, error = False, exc
     fields: dict[bytes, bytes] = verifier.signature_fields or {}
     domain, selector = _text(fields, b"d").lower(), _text(fields, b"s")
@@ -146,6 +205,9 @@ def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimR
     def result(verdict: str, reason: str = "", partial: bool = False) -> DkimResult:
         return DkimResult(verdict, domain, selector, _text(fields, b"a").lower(), reason, partial)
 
+    defect = _signature_defect(fields, now)
+    if defect:
+        return result("permerror", defect)
     if ok:
         unsigned = _unsigned_body(verifier, fields)
         return result("neutral", unsigned, partial=True) if unsigned else result("pass")
@@ -154,22 +216,36 @@ def _verify_one(verifier: dkim.DKIM, index: int, lookup: DkimTxtLookup) -> DkimR
         if error is None:
             return result("neutral", "signature not verified")
         if not isinstance(error, dkim.DKIMException):
-            return result("temperror", f"{type(error).__name__}: {error}")
+            return result("permerror", f"{type(error).__name__}: {error}")
         return result("neutral", f"unusable signature ({type(error).__name__}): {error}")
     if key.status is DnsStatus.TEMPFAIL:
+        if key.error == BUDGET_EXHAUSTED:
+            return result("neutral", f"not verified: {BUDGET_EXHAUSTED}")
         return result("temperror", f"key lookup failed: {key.error}")
-    problem = _key_problem(key)
+    problem = _key_problem(key, fields)
     if problem:
         return result("permerror", problem)
     if isinstance(error, dkim.KeyFormatError):
         return result("permerror", str(error))
     if isinstance(error, _SYNTAX_ERRORS) or error is None:
         return result("fail", str(error) if error else "signature did not verify")
-    return result("temperror", f"{type(error).__name__}: {error}")
+    return result("permerror", f"{type(error).__name__}: {error}")
 
 
-def _key_problem(key: DnsResult) -> str:
-    """Why a key record cannot be used, or "" when it can."""
+def _signature_defect(fields: dict[bytes, bytes], now: float) -> str:
+    """Why a parsed signature is invalid whatever its key says, or ""."""
+    if b"h" in fields:
+        signed = {name.strip().lower() for name in fields[b"h"].split(b":")}
+        if b"from" not in signed:
+            return "h= does not sign From (RFC 6376 5.4)"
+    expiry = fields.get(b"x", b"").strip()
+    if expiry.isdigit() and int(expiry) < now:
+        return f"signature expired (x={expiry.decode()})"
+    return ""
+
+
+def _key_problem(key: DnsResult, fields: dict[bytes, bytes]) -> str:
+    """Why a key record cannot be used for this signature, or "" when it can."""
     if key.status is not DnsStatus.OK or not key.blobs:
         return "no key"
     record = key.blobs[0]
@@ -179,6 +255,10 @@ def _key_problem(key: DnsResult) -> str:
         return f"invalid key record: {exc}"
     if not tags.get(b"p", b"").strip():
         return "key revoked"
+    key_type = tags.get(b"k", b"rsa").strip().lower()
+    algorithm = fields.get(b"a", b"").strip().lower().partition(b"-")[0]
+    if algorithm and key_type != algorithm:
+        return f"key k={key_type.decode('ascii', 'replace')} does not match a={_text(fields, b'a')}"
     try:
         dkim.evaluate_pk(b"key", record)
     except Exception as exc:
@@ -198,12 +278,14 @@ def _unsigned_body(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> str:
     return f"l={signed} leaves {body_length - signed} of {body_length} body bytes unsigned"
 
 
-def check_arc(message: bytes, resolver: Resolver, *, lifetime: float = 20.0) -> ArcResult:
+def check_arc(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
+              lookup: DkimTxtLookup | None = None) -> ArcResult:
     """Validate the ARC chain: ``none`` without ARC headers, else pass or fail
-    (a DNS failure fails the chain; the reason says so). Never raises."""
+    (a DNS failure fails the chain; the reason says so). ``lookup`` shares a
+    time budget with DKIM. Never raises."""
     if not _has_field(message, "arc-seal", "arc-message-signature", "arc-authentication-results"):
         return ArcResult("none", "Message is not ARC signed")
-    lookup = DkimTxtLookup(resolver, lifetime)
+    lookup = lookup or DkimTxtLookup(resolver, lifetime)
     try:
         cv, _sets, comment = dkim.arc_verify(message, logger=_QUIET, dnsfunc=lookup)
     except Exception as exc:

@@ -1,7 +1,9 @@
 """DMARC (RFC 7489): the author domain, policy discovery, alignment, ``pct``.
 
-* The RFC5322.From domain comes from the raw header block. No From, several
-  From fields, addresses of different domains, or no domain at all are the
+* The RFC5322.From domain comes from the raw header block, read by the
+  linear parser in rfc5322.py (never the standard library's, which recurses
+  on nested comments). No From, several From fields, a From that does not
+  parse, addresses of different domains, or no domain at all are the
   RFC 7489 6.6.1 cases: result ``permerror`` with policy and disposition
   ``reject`` and ``reason`` one of :data:`FROM_PROBLEMS`.
 * The record is ``TXT _dmarc.<from-domain>``, else ``_dmarc.<organisational
@@ -28,7 +30,6 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from email.utils import getaddresses
 
 from checkdmarc.dmarc import parse_dmarc_record
 from checkdmarc.utils import get_base_domain
@@ -36,12 +37,15 @@ from checkdmarc.utils import get_base_domain
 from sesmail_gateway.checks.dkim import DkimResult
 from sesmail_gateway.checks.dns import DnsStatus, Resolver, ascii_domain
 from sesmail_gateway.checks.headers import header_fields, unfold
+from sesmail_gateway.checks.rfc5322 import Unparseable, mailbox_addresses
 from sesmail_gateway.checks.spf import SpfResult
 
-__all__ = ["FROM_PROBLEMS", "DmarcResult", "check_dmarc", "from_domain", "is_aligned",
+__all__ = ["CHECK_FAILED", "FROM_PROBLEMS", "DmarcResult", "check_dmarc", "from_domain", "is_aligned",
            "organizational_domain"]
 
-FROM_PROBLEMS = ("no-from", "multiple-from", "multiple-from-domains", "no-from-domain")
+FROM_PROBLEMS = ("no-from", "multiple-from", "unparseable-from", "multiple-from-domains", "no-from-domain")
+#: The reason of the ``permerror`` given when the DMARC check itself breaks.
+CHECK_FAILED = "check-failed"
 _WEAKER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _VERSION = re.compile(r"\s*[vV]\s*=\s*DMARC1\s*(;|$)")
 _REPORT_TAG = re.compile(r"\s*ru[af]\s*=", re.IGNORECASE)
@@ -93,7 +97,10 @@ def from_domain(message: bytes) -> tuple[str, str]:
         return "", "no-from"
     if len(fields) > 1:
         return "", "multiple-from"
-    addresses = [addr for _name, addr in getaddresses([unfold(fields[0].value)]) if "@" in addr]
+    try:
+        addresses = [addr for addr in mailbox_addresses(unfold(fields[0].value)) if "@" in addr]
+    except Unparseable:
+        return "", "unparseable-from"
     domains = {_address_domain(addr) for addr in addresses}
     if not domains or "" in domains:
         return "", "no-from-domain"

@@ -20,7 +20,7 @@ else -> dnspython's presentation text. Names are returned without the final dot.
 
 Positive answers are cached for their TTL, negative ones (nxdomain, nodata)
 for the SOA minimum (RFC 2308) or a short default; temporary failures are
-never cached. The cache is bounded (least recently used entries go first) and
+remembered for ``FAILURE_TTL`` seconds only (RFC 2308 7.1). The cache is bounded (least recently used entries go first) and
 safe to share between threads: the daemon runs checks in a thread pool.
 """
 
@@ -46,10 +46,13 @@ import dns.reversename
 
 from sesmail_gateway.config import parse_hostport
 
-__all__ = ["DkimTxtLookup", "DnsResult", "DnsStatus", "Resolver", "ascii_domain"]
+__all__ = ["BUDGET_EXHAUSTED", "DkimTxtLookup", "DnsResult", "DnsStatus", "Resolver", "ascii_domain"]
 
 
 FAILURE_TTL = 5  # seconds a temporary failure is remembered
+#: The error of a key lookup never sent because the message's time budget was spent:
+#: not a DNS failure of that name, so never a reason for ``temperror``.
+BUDGET_EXHAUSTED = "time budget for key lookups exhausted"
 
 
 class DnsStatus(StrEnum):
@@ -315,7 +318,7 @@ class DkimTxtLookup:
         result = self.results.get(text)
         if result is None:
             if time.monotonic() > self._deadline:
-                result = DnsResult(DnsStatus.TEMPFAIL, error="time budget for key lookups exhausted")
+                result = DnsResult(DnsStatus.TEMPFAIL, error=BUDGET_EXHAUSTED)
             else:
                 result = self._resolver.txt(text)
             self.results[text] = result

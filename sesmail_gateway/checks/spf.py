@@ -86,7 +86,10 @@ def check_spf(resolver: Resolver, ip: str, helo: str, mail_from: str | None, *,
     sender: the HELO identity ``postmaster@helo`` is checked instead).
 
     ``lifetime`` bounds the whole evaluation (RFC 7208 4.6.4 says at least
-    20 seconds). Never raises: a DNS or library failure is ``temperror``.
+    20 seconds). Never raises. ``temperror`` is DNS trouble only (a failed or
+    timed-out look-up, or the lifetime spent waiting for DNS); anything else
+    pyspf raises is ``permerror``, so no defect of the input can switch DMARC
+    off through an aligned SPF ``temperror``.
     """
     sender = mail_from or ""
     scope = "mailfrom" if sender else "helo"
@@ -95,8 +98,10 @@ def check_spf(resolver: Resolver, ip: str, helo: str, mail_from: str | None, *,
         query = _GatewayQuery(resolver, lifetime, i=ip, s=sender, h=helo, strict=True)
         domain = query.o or domain
         result, _code, explanation = query.check()
-    except Exception as exc:  # the unknown is temporary: never a 5xx for our own fault
-        return SpfResult("temperror", ascii_domain(domain), f"{type(exc).__name__}: {exc}", scope)
+    except spf.TempError as exc:
+        return SpfResult("temperror", ascii_domain(domain), f"TempError: {exc}", scope)
+    except Exception as exc:  # pyspf on input it does not expect: a defect, not DNS trouble
+        return SpfResult("permerror", ascii_domain(domain), f"{type(exc).__name__}: {exc}", scope)
     if result not in SPF_RESULTS:
-        result = "permerror" if result == "ambiguous" else "temperror"
+        result = "permerror"  # pyspf's "ambiguous", or anything else it may add
     return SpfResult(result, ascii_domain(str(domain)), str(explanation), scope)

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 from sesmail_gateway import __version__, maillog
 from sesmail_gateway.cli import dns, outbound, queue, routes, serve, smtp_users, token
-from sesmail_gateway.cli.common import CliError, common_parser
+from sesmail_gateway.cli.common import CliError, common_parser, os_error_line
 from sesmail_gateway.config import ConfigError
 from sesmail_gateway.routes import RouteStoreError
+from sesmail_gateway.spool import SpoolError
 from sesmail_gateway.tokens import TokenStoreError
 
 PROG = "sesmail-gateway"
@@ -46,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: config: {exc}", file=sys.stderr)
         return 2
-    except (CliError, RouteStoreError, TokenStoreError) as exc:
+    except (CliError, RouteStoreError, TokenStoreError, SpoolError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder that cannot be read, a disk that is full: one line, no traceback
+        print(f"{PROG}: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

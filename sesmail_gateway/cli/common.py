@@ -17,6 +17,15 @@ class CliError(Exception):
     """A user-facing failure, printed as one line; exit status 1."""
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the path (or paths) and the system's words, no traceback."""
+    words = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return words
+    paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{paths}: {words}"
+
+
 def common_parser() -> argparse.ArgumentParser:
     """Options every leaf command accepts (``--config`` after the subcommand too)."""
     parent = argparse.ArgumentParser(add_help=False)

@@ -248,10 +248,11 @@ def read_scan_file(file: str) -> list[Item]:
         raise CliError(f"{file}: not UTF-8 text: {exc}") from None
     try:
         document = json.loads(text)
+        items = parse_scan_document(document)
     except json.JSONDecodeError as exc:
         raise CliError(f"{file}: not valid JSON: {exc}") from None
-    try:
-        items = parse_scan_document(document)
+    except RecursionError:
+        raise CliError(f"{file}: JSON nested too deeply to be a scan document") from None
     except ValueError as exc:
         raise CliError(f"{file}: {exc}") from None
     ready = []

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, DecimalException
 from typing import Any
 
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import DYNAMODB_CONTEXT, Binary, TypeDeserializer, TypeSerializer
 
 from sesmail_gateway.routes import KNOWN_ACTIONS, SPAM_SETTINGS, Action, Rule
 from sesmail_gateway.scan.lists import check_sender_entries
@@ -313,8 +313,10 @@ def _checked_leaf(kind: str, inner: object, where: str) -> object:
 
 
 def _is_number(text: str) -> bool:
+    """A number DynamoDB can hold: 38 significant digits, exponent within its range
+    (boto3's deserializer raises Inexact or Overflow on anything else)."""
     try:
-        return Decimal(text).is_finite()
+        return bool(DYNAMODB_CONTEXT.create_decimal(text).is_finite())
     except DecimalException:
         return False
 

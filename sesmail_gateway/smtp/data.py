@@ -19,21 +19,28 @@ CHUNK = 256 * 1024
 @dataclass
 class DataResult:
     content: bytes | None  # None when the message was too big
-    received_bytes: int
+    received_bytes: int  # bytes on the wire, up to and including the terminator
     leftover: bytes  # bytes after the terminator (pipelined commands)
+    message_bytes: int = 0  # the message's size (RFC 1870): no stuffed dots, no terminator
 
 
 async def read_data(reader: asyncio.StreamReader, limit: int | None) -> DataResult:
     """Read one message up to the terminator, undoing dot-stuffing.
 
-    Over ``limit`` the bytes are discarded but reading goes on to the
-    terminator, so the session stays in step and can answer 552.
-    Raises ConnectionResetError when the client goes away mid-message.
+    The limit applies to the message as RFC 1870 counts it: the doubled
+    leading dots of dot-stuffing and the terminating dot line are not part
+    of it, so a message within ``SIZE=`` is never refused for having many
+    lines that begin with a dot. Over ``limit`` the bytes are discarded but
+    reading goes on to the terminator, so the session stays in step and can
+    answer 552. Raises ConnectionResetError when the client goes away
+    mid-message.
     """
     # A virtual CRLF in front lets an empty message (".\r\n" at once) match too.
     buf = bytearray(b"\r\n")
     scan_from = 0
     received = 0
+    stuffed = 0  # CRLF "." sequences seen so far: each one's dot is not message
+    counted_to = 0  # every CRLF "." starting before this index of buf is in ``stuffed``
     too_big = False
     while True:
         chunk = await reader.read(CHUNK)
@@ -44,16 +51,22 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> DataResu
         end = buf.find(TERMINATOR, scan_from)
         if end >= 0:
             leftover = bytes(buf[end + len(TERMINATOR):])
-            if too_big:
-                return DataResult(None, received - len(leftover), leftover)
+            wire = received - len(leftover)
+            if too_big:  # the size is approximate here: it only goes to the log
+                return DataResult(None, wire, leftover, wire - stuffed - 2)
             # Every CRLF "." loses its dot (RFC 5321 4.5.2); then drop the virtual CRLF.
             content = bytes(buf[: end + 2]).replace(b"\r\n.", b"\r\n")[2:]
             if limit is not None and len(content) > limit:
-                return DataResult(None, received - len(leftover), leftover)
-            return DataResult(content, received - len(leftover), leftover)
-        if limit is not None and not too_big and len(buf) - 2 > limit + limit // 50 + 1024:
-            # Allow for dot-stuffing overhead before calling it too big.
-            too_big = True
+                return DataResult(None, wire, leftover, len(content))
+            return DataResult(content, wire, leftover, len(content))
+        if limit is not None:
+            # Count stuffed dots as they arrive; a CRLF "." may straddle two chunks.
+            stuffed += buf.count(b"\r\n.", counted_to)
+            counted_to = max(0, len(buf) - 2)
+            # received - stuffed is the message so far plus at most two bytes of the terminator.
+            too_big = too_big or received - stuffed > limit + len(TERMINATOR)
         if too_big:
-            del buf[: len(buf) - (len(TERMINATOR) - 1)]
+            drop = len(buf) - (len(TERMINATOR) - 1)
+            del buf[:drop]
+            counted_to = max(0, counted_to - drop)
         scan_from = max(0, len(buf) - (len(TERMINATOR) - 1))

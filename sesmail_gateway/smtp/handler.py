@@ -8,6 +8,7 @@ test pins the names (``handle_EHLO``, ``handle_MAIL``, ``handle_RCPT``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import re
@@ -35,7 +36,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def split_address(address: str) -> tuple[str, str] | None:
     """(local, domain) in lower case, or None when the address has no usable domain."""
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or " " in address:
+    # Not printable: control characters, or bytes that were not UTF-8 (kept as surrogates).
+    if not at or not local or not domain or " " in address or not address.isprintable():
         return None
     return local, domain.lower().rstrip(".")
 
@@ -89,30 +91,37 @@ class GatewayHandler:
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         # aiosmtpd hands the null reverse-path of bounces and DSNs over as the literal "<>".
         if address and address != NULL_SENDER and split_address(address) is None:
+            maillog.event("rejected", None, stage="mail", session=getattr(server, "session_id", None),
+                          client=_peer_ip(session), sender=address, reply=str(replies.BAD_SENDER))
+            _logged(server)
             return str(replies.BAD_SENDER)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.routes = []
-        # SPF needs only the envelope: start it now, so its DNS look-ups overlap RCPT and DATA.
-        envelope.spf = asyncio.ensure_future(self.inspector.check_sender(
-            ip=_peer_ip(session), helo=session.host_name or "", mail_from=_sender(address)))
+        envelope.spf = None  # started at the first accepted RCPT
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         reply, route = await self._recipient_policy(envelope, address)
         if route is None:
             self.metrics.refused(_reason(reply))
-            maillog.event("rejected", None, stage="rcpt", client=_peer_ip(session), sender=envelope.mail_from,
-                          recipient=address, reply=str(reply))
+            maillog.event("rejected", None, stage="rcpt", session=getattr(server, "session_id", None),
+                          client=_peer_ip(session), sender=envelope.mail_from, recipient=address, reply=str(reply))
+            _logged(server)
             return str(reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         envelope.routes.append(route)
+        if getattr(envelope, "spf", None) is None:
+            # SPF needs only the envelope: start it at the first recipient we take (mail for unknown
+            # users and foreign domains costs no DNS), so its look-ups overlap the rest of the transfer.
+            envelope.spf = asyncio.ensure_future(self.inspector.check_sender(
+                ip=_peer_ip(session), helo=session.host_name or "", mail_from=_sender(envelope.mail_from)))
         return str(reply)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         item = self._new_item(server, session, envelope)
-        maillog.event("received", item.id, client=item.client.ip, helo=item.client.helo, sender=item.sender,
+        maillog.event("received", item.id, session=getattr(server, "session_id", None), client=item.client.ip, helo=item.client.helo, sender=item.sender,
                       recipients=item.recipient_addresses, size=len(envelope.content))
         inspection = await self.inspector.inspect(
             envelope.content, ip=item.client.ip, helo=item.client.helo, mail_from=item.sender,
@@ -131,6 +140,7 @@ class GatewayHandler:
                 self.metrics.refused("scan-tempfail")
                 maillog.event("rejected", item.id, stage="data", reply=str(replies.SCAN_TEMPFAIL),
                               reason=decision.reason)
+                _logged(server)
                 return str(replies.SCAN_TEMPFAIL)
         item.quarantine = decision.action == "quarantine"
         refusal = REFUSALS.get(decision.reply_key or "") if decision.action == "reject" else None
@@ -145,12 +155,14 @@ class GatewayHandler:
             if refusal is None:
                 self.metrics.refused("spool-error")
                 maillog.event("rejected", item.id, stage="data", reply=str(replies.SPOOL_ERROR), error=str(exc))
+                _logged(server)
                 return str(replies.SPOOL_ERROR)
         if refusal is not None:
             # Refused, but kept in rejected/ for review; `queue release` delivers it after all.
             self.metrics.refused(f"{decision.reply_key}-policy")
             maillog.event("rejected", item.id, stage="data", sender=item.sender, reply=str(refusal),
                           reason=item.reason, verdicts=item.verdicts)
+            _logged(server)
             return str(refusal)
         self.metrics.message_accepted(item.size)
         maillog.event("queued", item.id, sender=item.sender, recipients=item.recipient_addresses,
@@ -169,8 +181,13 @@ class GatewayHandler:
     def connection_refused(self, reply: Reply) -> None:
         self.metrics.connection_refused(_reason(reply))
 
-    def size_refused(self) -> None:
+    def size_refused(self, server: Any, stage: str, size: int) -> None:
+        """552 at MAIL (``SIZE=`` declared) or at the end of DATA (``size`` message bytes)."""
         self.metrics.refused("size")
+        maillog.event("rejected", None, stage=stage, session=getattr(server, "session_id", None),
+                      client=_peer_ip(server.session), reply=str(replies.MESSAGE_TOO_BIG),
+                      reason=f"message size {size} over the limit {self.config.smtp.max_message_size}")
+        _logged(server)
 
     # -- policy ------------------------------------------------------------
 
@@ -210,6 +227,12 @@ class GatewayHandler:
 # Why a message is refused at the end of DATA (the policy's reply_key) → the reply.
 REFUSALS = {"dmarc": replies.DMARC_REJECT, "spf": replies.SPF_REJECT, "from": replies.FROM_REJECT,
             "virus": replies.VIRUS_REJECT, "spam": replies.SPAM_REJECT, "sender": replies.SENDER_BLOCKED}
+
+
+def _logged(server: Any) -> None:
+    """The refusal about to be sent has its log line: the session does not log it again."""
+    with contextlib.suppress(AttributeError):
+        server.refusal_logged = True
 
 
 def _sender(address: str) -> str:

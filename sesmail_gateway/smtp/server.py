@@ -31,7 +31,11 @@ def bind_socket(address: str, *, reuse_port: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port and hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, exc.strerror, f"smtp.listen {address}") from None  # name the key
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -81,10 +85,12 @@ class SMTPServer:
         return bound
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new sessions (421 4.3.2), close idle ones, let DATA finish, then stop."""
+        """Refuse new sessions and new transactions (421 4.3.2), close sessions with no
+        transaction under way, let a transaction already past MAIL FROM finish (its DATA is
+        accepted and queued), then stop. ``timeout`` bounds the wait."""
         self.gate.draining = True
         for session in list(self.gate.sessions):
-            if not session.in_data:
+            if not session.in_transaction:
                 session.close_for_shutdown()
         try:
             await asyncio.wait_for(self.gate.idle.wait(), timeout)

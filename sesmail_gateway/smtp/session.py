@@ -13,12 +13,13 @@ import asyncio
 import functools
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
 
-from sesmail_gateway import replies
+from sesmail_gateway import maillog, replies
 from sesmail_gateway.replies import Reply
 from sesmail_gateway.smtp.data import read_data
 from sesmail_gateway.smtp.limits import Limits
@@ -35,12 +36,15 @@ class _CommandTable(dict[str, Any]):
     here they count against ``junk_command_limit`` like NOOP and RSET.
     """
 
-    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]]) -> None:
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]],
+                 on_command: Callable[[str], None]) -> None:
         super().__init__(methods)
         self.unknown = unknown
+        self.on_command = on_command
 
     def get(self, command: str, default: Any = None) -> Any:
         method = super().get(command)
+        self.on_command(command if method is not None else "unknown")  # names the stage of log lines
         return method if method is not None else functools.partial(self.unknown, command)
 
 
@@ -84,7 +88,27 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.junk_limit = junk_limit
         self.junk_used = 0
         self.in_data = False
-        self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command)
+        self.stage = "connect"  # the command being handled, for log lines
+        self.session_id = secrets.token_hex(6)
+        self.refusal_logged = False  # the next 4xx/5xx reply has its log line already
+        self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command, self._on_command)
+
+    def _on_command(self, command: str) -> None:
+        self.stage = command.lower()
+
+    def log_refusal(self, reply: str | None = None, **fields: Any) -> None:
+        """The one log line of a refusal (the reply that follows is not logged again)."""
+        maillog.event("rejected", None, stage=self.stage, session=self.session_id, client=self.client_ip,
+                      reply=reply, **fields)
+        self.refusal_logged = True
+
+    async def push(self, status: AnyStr) -> None:
+        """Every 4xx/5xx reply is one rejected log line: ours say more and log it themselves;
+        aiosmtpd's own refusals (503 out of sequence, 501 syntax, 500 line too long) are logged here."""
+        if isinstance(status, str) and status[:1] in ("4", "5") and not self.refusal_logged:
+            self.log_refusal(status)
+        self.refusal_logged = False
+        await super().push(status)
 
     @property
     def client_ip(self) -> str:
@@ -96,15 +120,17 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     async def _handle_client(self) -> None:
         refusal = self.gate.admit(self)
         if refusal is not None:
-            log.info("smtp: refused %s: %s", self.client_ip, refusal)
             self.event_handler.connection_refused(refusal)
             await self.push(str(refusal))
             if self.transport is not None:
                 self.transport.close()
             return
+        log.info("smtp: session %s: connect from %s", self.session_id, self.client_ip)
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self in self.gate.sessions:
+            log.info("smtp: session %s: closed", self.session_id)
         self.gate.release(self)
         super().connection_lost(error)
 
@@ -120,7 +146,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self._say_and_close(replies.DATA_TIMEOUT if self.in_data else replies.TIMEOUT)
 
     def close_for_shutdown(self) -> None:
-        """Say 421 4.3.2 and hang up; used for sessions not in DATA when draining."""
+        """Say 421 4.3.2 and hang up; used for sessions with no transaction under way when draining."""
         self._say_and_close(replies.SHUTTING_DOWN)
 
     # -- commands ------------------------------------------------------------
@@ -130,7 +156,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.junk_used += 1
         if self.junk_used <= self.junk_limit:
             return False
-        log.info("smtp: %s over the junk command limit (%s)", self.client_ip, command)
+        self.log_refusal(str(replies.TOO_MANY_JUNK), reason=f"over the junk command limit ({command})")
         await self.push(str(replies.TOO_MANY_JUNK))
         if self.transport is not None:
             self.transport.close()
@@ -145,12 +171,22 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             await super().smtp_NOOP(arg)
 
     async def smtp_RSET(self, arg: str | None) -> None:
-        if not await self._junk("RSET"):
+        if self.gate.draining:
+            await self._refuse_while_draining("rset")  # the transaction it ends was the last
+        elif not await self._junk("RSET"):
             await super().smtp_RSET(arg)
 
     async def smtp_VRFY(self, arg: str | None) -> None:
-        if not await self._junk("VRFY"):
-            await super().smtp_VRFY(arg)
+        # Our own, so no client text is ever echoed back (aiosmtpd's 502 repeats the argument).
+        if await self._junk("VRFY"):
+            return
+        self.stage = "vrfy"
+        if not arg:
+            await self.push(str(replies.VRFY_SYNTAX))
+        elif self._getaddr(arg)[0] is None:
+            await self.push(str(replies.BAD_VRFY_ADDRESS))
+        else:
+            await self.push(str(replies.CANNOT_VRFY))
 
     async def smtp_HELP(self, arg: str | None) -> None:
         if not await self._junk("HELP"):
@@ -159,13 +195,63 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     async def smtp_AUTH(self, arg: str | None) -> None:
         await self.push("502 5.5.1 AUTH is not offered on this server")
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser made total, and every refusal logged once.
+
+        aiosmtpd hands the address to the standard library's header parser,
+        which raises IndexError on ``<`` and RecursionError on nested comments:
+        both became a 451 and a traceback, so the client retried a syntax error
+        forever. An argument that is not UTF-8 (aiosmtpd keeps the bytes as
+        surrogates) can name no mailbox either. All of these are ``(None, None)``,
+        which every caller answers with a 5xx.
+        """
+        why = ""
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            why = "address is not UTF-8"
+        if arg.lstrip().startswith("<") and ">" not in arg:
+            why = "unclosed angle bracket"  # the header parser would accept it
+        if not why:
+            try:
+                address, rest = super()._getaddr(arg)
+            except Exception as exc:  # the header parser's IndexError, RecursionError, ...
+                why = f"address does not parse ({type(exc).__name__})"
+            else:
+                if address is not None:
+                    return address, rest
+                why = "address does not parse"
+        self.log_refusal(reason=why)
+        return None, None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.stage = "rcpt"
+        await super().smtp_RCPT(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
+        self.stage = "mail"
+        if self.gate.draining:
+            await self._refuse_while_draining("mail")
+            return
         match = _SIZE_PARAM.search(arg or "")
         if match and self.data_size_limit and int(match.group(1)) > self.data_size_limit:
-            self.event_handler.size_refused()
+            self.event_handler.size_refused(self, "mail", int(match.group(1)))
             await self.push(str(replies.MESSAGE_TOO_BIG))
             return
         await super().smtp_MAIL(arg)
+
+    async def _refuse_while_draining(self, stage: str) -> None:
+        """A new transaction during a drain: 421 4.3.2 and hang up."""
+        self.stage = stage
+        self.log_refusal(str(replies.SHUTTING_DOWN), reason="shutting down")
+        await self.push(str(replies.SHUTTING_DOWN))
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Past MAIL FROM and not yet answered at the end of DATA (aiosmtpd keeps "<>" for a null sender)."""
+        return self.in_data or bool(self.envelope is not None and self.envelope.mail_from)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
@@ -188,7 +274,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
             if result.leftover:
                 _unread(self._reader, result.leftover)
             if result.content is None:
-                self.event_handler.size_refused()
+                self.event_handler.size_refused(self, "data", result.message_bytes)
                 status = str(replies.MESSAGE_TOO_BIG)
             else:
                 envelope.content = envelope.original_content = result.content
@@ -202,6 +288,26 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         await self.push(status)
         if self.gate.draining:
             self.close_for_shutdown()
+
+
+def _inherit_help(cls: type[SMTP]) -> None:
+    """Give each overriding ``smtp_*`` method the HELP syntax of the method it overrides.
+
+    aiosmtpd's HELP lists only methods carrying its ``@syntax`` attributes; an
+    override loses them, and HELP then listed four commands and refused
+    ``HELP MAIL``. AUTH stays out: it is not offered on this server.
+    """
+    for name, method in vars(cls).items():
+        base = getattr(SMTP, name, None)
+        if not name.startswith("smtp_") or name == "smtp_AUTH" or base is None:
+            continue
+        for attribute in _SYNTAX_ATTRIBUTES:
+            if hasattr(base, attribute) and not hasattr(method, attribute):
+                setattr(method, attribute, getattr(base, attribute))
+
+
+_SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+_inherit_help(GatewaySMTP)
 
 
 def _unread(reader: asyncio.StreamReader, data: bytes) -> None:

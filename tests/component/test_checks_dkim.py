@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import time
+from typing import Any
+
+import dkim
+import dkim.crypto
 import pytest
+from dkim.canonicalization import CanonicalizationPolicy
 
 from sesmail_gateway.checks.dkim import DkimResult, check_arc, check_dkim
 from sesmail_gateway.checks.dns import Resolver
 from tests.checks_fixtures import (
+    Signer,
     ed25519_signer,
     make_message,
     rsa_signer,
@@ -176,6 +185,69 @@ def test_key_lookups_share_one_time_budget(dns_server: TestDNSServer) -> None:
 
     results = check_dkim(message, resolver, lifetime=0.2)
 
-    assert [r.result for r in results] == ["temperror"] * 4
+    # The first key timed out (DNS trouble); the others were never asked: not verified, which is
+    # no DNS failure of theirs, so a forged signature placed after slow ones cannot become temperror.
+    assert [r.result for r in results] == ["temperror"] + ["neutral"] * 3
     assert dns_server.query_count() == 1  # the budget was spent by the first timeout
     assert "budget" in results[-1].reason
+
+
+# -- verdicts at the edges: never pass, never temperror for a defect --------------------------------
+
+def sign_without_from(signer: Signer, message: bytes) -> bytes:
+    """A valid RSA signature whose h= leaves From out. dkimpy's sign() refuses to make one, so
+    this takes its steps one by one: body hash, then its own header signing."""
+    verifier = dkim.DKIM(message, signature_algorithm=b"rsa-sha256")
+    verifier.hasher = hashlib.sha256
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(verifier.body)).digest())
+    fields = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", signer.domain.encode()),
+              (b"s", signer.selector.encode()), (b"h", b"to : subject"), (b"bh", body_hash), (b"b", b"0" * 60)]
+    value = verifier.gen_header(fields, [b"to", b"subject"], policy, b"DKIM-Signature",
+                                dkim.crypto.parse_pem_private_key(signer.private))
+    return b"DKIM-Signature: " + bytes(value) + message
+
+
+def test_signature_that_does_not_sign_from_is_permerror_never_pass(
+        dns_server: TestDNSServer, resolver: Resolver) -> None:
+    """RFC 6376 5.4: From MUST be signed; 6.1.1: such a signature is ignored. It verified as pass."""
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+    [result] = check_dkim(sign_without_from(signer, make_message()), resolver)
+    assert (result.result, result.domain) == ("permerror", "example.org")
+    assert "From" in result.reason
+
+
+@pytest.mark.parametrize(("algorithm_of_key", "signer"), [
+    ("ed25519", lambda: rsa_signer("example.org")),
+    ("rsa", lambda: ed25519_signer("example.org", selector="sel")),
+])
+def test_key_whose_k_does_not_match_the_algorithm_is_permerror(
+        dns_server: TestDNSServer, resolver: Resolver, algorithm_of_key: str, signer: Any) -> None:
+    """It was temperror, which could make DMARC temperror too."""
+    made = signer()
+    other = ed25519_signer("example.org", selector="x") if algorithm_of_key == "ed25519" else rsa_signer("x.example")
+    dns_server.add(made.key_name, "TXT", other.public_record)
+    [result] = check_dkim(made.sign(make_message()), resolver)
+    assert result.result == "permerror", result
+
+
+@pytest.mark.parametrize("expiry", [1_000_000_000, int(time.time()) - 3600])
+def test_expired_signature_is_permerror(dns_server: TestDNSServer, resolver: Resolver, expiry: int) -> None:
+    """x= in the past: long ago (dkimpy said neutral) or an hour ago, inside dkimpy's own ten-hour
+    leeway (it went on to verify). Either way the signature is expired here, with no leeway."""
+    signer = rsa_signer("example.org")
+    signer.publish(dns_server)
+    expired = signer.sign(make_message()).replace(b"; t=", f"; x={expiry}; t=".encode(), 1)
+    [result] = check_dkim(expired, resolver)
+    assert result.result == "permerror" and "expired" in result.reason
+
+
+def test_signature_listing_too_many_fields_is_permerror_unverified(
+        dns_server: TestDNSServer, resolver: Resolver) -> None:
+    names = b":".join([b"from"] * 600)
+    message = b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.org; s=sel; h=" + names + b"; bh=x; b=y\r\n" \
+        + make_message()
+    [result] = check_dkim(message, resolver)
+    assert result.result == "permerror" and "600" not in result.reason and "512" in result.reason
+    assert dns_server.query_count() == 0

@@ -8,7 +8,7 @@ import authres
 import pytest
 
 from sesmail_gateway.checks import Verdicts, authentication_results, decide, evaluate
-from sesmail_gateway.checks.dns import Resolver
+from sesmail_gateway.checks.dns import DnsResult, Resolver
 from tests.checks_fixtures import (
     make_message,
     rsa_signer,
@@ -219,3 +219,49 @@ def test_evaluate_never_raises(zone: TestDNSServer, resolver: Resolver, message:
     verdicts = check(resolver, message, STRANGER_IP, "")
     assert verdicts.dmarc is not None
     assert decide(verdicts).action in ("accept", "reject")
+
+
+# -- Found by fuzzing: the From header and broken checks never let a forgery skip its policy ----------
+
+def nested_comments(depth: int, *, closed: bool = True) -> bytes:
+    return b"(" * depth + b"x" + (b")" * depth if closed else b"")
+
+
+def test_deeply_nested_comments_in_from_do_not_bypass_p_reject(zone: TestDNSServer, resolver: Resolver) -> None:
+    """The standard library's address parser recursed once per comment; RecursionError made
+    DMARC temperror and a forgery of a p=reject domain was delivered."""
+    message = make_message(from_=(nested_comments(50_000) + b" <ceo@example.org>").decode())
+    verdicts = check(resolver, message, STRANGER_IP, "spoof@attacker.example")
+    assert verdicts.dmarc is not None
+    assert (verdicts.dmarc.result, verdicts.dmarc.from_domain) == ("fail", "example.org")
+    assert (decide(verdicts, dmarc_mode="enforce").action, decide(verdicts).reply_key) == ("reject", "dmarc")
+
+
+def test_a_from_that_does_not_parse_is_refused_under_enforce(zone: TestDNSServer, resolver: Resolver) -> None:
+    """RFC 7489 6.6.1: no single author domain can be read, so the message is refused (enforce)."""
+    message = make_message(from_=(nested_comments(50_000, closed=False) + b" <ceo@example.org>").decode())
+    verdicts = check(resolver, message, STRANGER_IP, "spoof@attacker.example")
+    assert verdicts.dmarc is not None
+    assert (verdicts.dmarc.result, verdicts.dmarc.reason) == ("permerror", "unparseable-from")
+    decision = decide(verdicts, dmarc_mode="enforce")
+    assert (decision.action, decision.reply_key) == ("reject", "from")
+    assert decide(verdicts, dmarc_mode="monitor").action == "accept"
+
+
+class BrokenResolver(Resolver):
+    """A resolver with a defect: every TXT lookup raises (stands in for a bug in a check)."""
+
+    def txt(self, name: str) -> DnsResult:
+        raise RuntimeError("a defect, not a DNS problem")
+
+
+def test_a_check_that_breaks_is_permerror_never_temperror(zone: TestDNSServer) -> None:
+    """temperror means DNS trouble; an exception is not, and must not switch the policy off."""
+    resolver = BrokenResolver([zone.address], timeout=0.5)
+    verdicts = check(resolver, make_message(), STRANGER_IP, "spoof@example.org")
+    assert verdicts.dmarc is not None
+    assert (verdicts.dmarc.result, verdicts.dmarc.reason) == ("permerror", "check-failed")
+    assert verdicts.spf.result != "temperror"
+    decision = decide(verdicts, dmarc_mode="enforce")
+    assert (decision.action, decision.reply_key) == ("quarantine", "dmarc")
+    assert decide(verdicts, dmarc_mode="monitor").action == "accept"

@@ -9,14 +9,7 @@ import pytest
 
 from sesmail_gateway.checks.dns import FAILURE_TTL, DkimTxtLookup, DnsStatus, Resolver, confirmed_reverse_name
 from tests.dnsserver import TestDNSServer, free_udp_port
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 def test_answers_ok_nxdomain_nodata(dns_server: TestDNSServer, resolver: Resolver) -> None:

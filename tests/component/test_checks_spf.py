@@ -100,8 +100,9 @@ def test_dead_dns_is_temperror_never_an_exception() -> None:
     assert verdict.result == "temperror" and "DNS" in verdict.explanation
 
 
-def test_bad_client_address_is_temperror_not_a_crash(resolver: Resolver) -> None:
-    assert check_spf(resolver, "not-an-ip", "helo.test", "alice@sender.test").result == "temperror"
+def test_bad_client_address_is_permerror_not_a_crash(resolver: Resolver) -> None:
+    """temperror means DNS trouble; an input pyspf cannot use is a permanent error."""
+    assert check_spf(resolver, "not-an-ip", "helo.test", "alice@sender.test").result == "permerror"
 
 
 def test_repeat_checks_are_answered_from_the_cache(dns_server: TestDNSServer, resolver: Resolver) -> None:

@@ -16,7 +16,9 @@ ENV_VAR = "SESMAIL_GATEWAY_CONFIG"
 
 
 @dataclass
-class Gateway:
+class RoutesCli:
+    """The command line against one config and data dir (no daemon: that is conftest's Gateway)."""
+
     config: Path
     data_dir: Path
 
@@ -49,7 +51,7 @@ class Gateway:
         return lines[0]
 
 
-def make_gateway(root: Path, rules_url: str = "sqlite://rules.db") -> Gateway:
+def make_gateway(root: Path, rules_url: str = "sqlite://rules.db") -> RoutesCli:
     data_dir = root / "data"
     config = root / "gateway.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -57,15 +59,15 @@ def make_gateway(root: Path, rules_url: str = "sqlite://rules.db") -> Gateway:
         f'[gateway]\nhostname="mx.test"\ndomains=["example.test"]\ndata_dir="{data_dir}"\n'
         f'[rules]\nurl="{rules_url}"\n'
     )
-    return Gateway(config, data_dir)
+    return RoutesCli(config, data_dir)
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Gateway:
+def gateway(tmp_path: Path) -> RoutesCli:
     return make_gateway(tmp_path / "one")
 
 
-def test_add_list_get_enable_disable_delete(gateway: Gateway) -> None:
+def test_add_list_get_enable_disable_delete(gateway: RoutesCli) -> None:
     added = gateway.run("routes", "add", "Alice@Example.test", "--action", "forward-to-gmail",
                         "--target", "alice@gmail.com", "--action", "store", "--description", "Alice")
     assert added.stdout == "added route alice@example.test: forward-to-gmail -> alice@gmail.com, store\n"
@@ -99,13 +101,13 @@ def test_add_list_get_enable_disable_delete(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize("where", ["before", "after", "env"])
-def test_config_is_found_before_after_and_from_env(gateway: Gateway, where: str) -> None:
+def test_config_is_found_before_after_and_from_env(gateway: RoutesCli, where: str) -> None:
     gateway.run("routes", "add", f"{where}@example.test", "--action", "store", config=where)
     listed = json.loads(gateway.run("routes", "list", "--json", config=where).stdout)
     assert [r["recipient"] for r in listed] == [f"{where}@example.test"]
 
 
-def test_export_then_import_into_a_fresh_data_dir(gateway: Gateway, tmp_path: Path) -> None:
+def test_export_then_import_into_a_fresh_data_dir(gateway: RoutesCli, tmp_path: Path) -> None:
     gateway.run("routes", "add", "*", "--action", "maildir", "--target", "Maildir", "--disabled")
     gateway.run("routes", "add", "a+b@example.test", "--action", "forward-to-gmail", "--target", "a@gmail.com",
                 "--action", "forward-to-gmail", "--target", "b@gmail.com", "--description", "two inboxes")
@@ -141,7 +143,7 @@ HAND_WRITTEN: dict[str, Any] = {
 }
 
 
-def test_import_reads_both_layouts_and_keeps_other_records(gateway: Gateway, tmp_path: Path) -> None:
+def test_import_reads_both_layouts_and_keeps_other_records(gateway: RoutesCli, tmp_path: Path) -> None:
     source = tmp_path / "scan.json"
     source.write_text(json.dumps(HAND_WRITTEN))
     assert gateway.run("routes", "import", str(source)).stdout == "imported 3 items (2 routes)\n"
@@ -168,10 +170,16 @@ def test_import_reads_both_layouts_and_keeps_other_records(gateway: Gateway, tmp
          ' {"PK": {"S": "ROUTE#*"}, "SK": {"S": "RULE#v1"}}]}', "Items[1] (ROUTE#*): no actions"),
         ('{"Items": [{"PK": {"S": "ROUTE#nobody"}, "SK": {"S": "RULE#v1"}, "action": {"S": "store"}}]}',
          "bad route pattern 'nobody'"),
+        # Numbers outside DynamoDB's range (38 digits, exponent -130..125) and JSON nested too deeply.
+        ('{"Items": [{"PK": {"S": "ROUTE#*"}, "SK": {"S": "RULE#v1"}, "n": {"N": "' + "1" * 40 + '"}}]}',
+         "Items[0].n: not a valid N value"),
+        ('{"Items": [{"PK": {"S": "ROUTE#*"}, "SK": {"S": "RULE#v1"}, "n": {"N": "1e400"}}]}',
+         "Items[0].n: not a valid N value"),
+        ('{"Items": [' + "[" * 100_000 + "]" * 100_000 + "]}", "nested too deeply"),
     ],
 )
 def test_malformed_import_is_one_line_and_writes_nothing(
-    gateway: Gateway, tmp_path: Path, content: str, message: str
+    gateway: RoutesCli, tmp_path: Path, content: str, message: str
 ) -> None:
     gateway.run("routes", "add", "keep@example.test", "--action", "store")
     before = gateway.run("routes", "export").stdout
@@ -198,12 +206,12 @@ def test_malformed_import_is_one_line_and_writes_nothing(
         (["test", "no-at-sign"], "not an address"),
     ],
 )
-def test_bad_arguments_give_one_clear_line(gateway: Gateway, args: list[str], message: str) -> None:
+def test_bad_arguments_give_one_clear_line(gateway: RoutesCli, args: list[str], message: str) -> None:
     line = gateway.fails("routes", *args)
     assert line.startswith("sesmail-gateway: ") and message in line
 
 
-def test_routes_test_explains_the_match(gateway: Gateway) -> None:
+def test_routes_test_explains_the_match(gateway: RoutesCli) -> None:
     gateway.run("routes", "add", "bob+lists@example.test", "--action", "store", "--disabled")
     gateway.run("routes", "add", "*@example.test", "--action", "maildir", "--target", "Maildir")
     out = gateway.run("routes", "test", "Bob+Lists@example.test").stdout.splitlines()
@@ -222,14 +230,14 @@ def test_routes_test_explains_the_match(gateway: Gateway) -> None:
     assert [c["outcome"] for c in result["tried"]] == ["disabled", "absent", "matched"]
 
 
-def test_routes_test_without_a_match_says_what_rcpt_answers(gateway: Gateway) -> None:
+def test_routes_test_without_a_match_says_what_rcpt_answers(gateway: RoutesCli) -> None:
     gateway.run("routes", "add", "*@elsewhere.test", "--action", "store")
     out = gateway.run("routes", "test", "carol@example.test").stdout.splitlines()
     assert out[-1] == "no route: mail to carol@example.test would be refused with 550 5.1.1"
     assert [line.split()[-1] for line in out[2:5]] == ["absent", "absent", "absent"]
 
 
-def test_unreadable_rule_store_is_one_line(gateway: Gateway) -> None:
+def test_unreadable_rule_store_is_one_line(gateway: RoutesCli) -> None:
     gateway.data_dir.mkdir(parents=True)
     (gateway.data_dir / "rules.db").write_bytes(b"garbage, not sqlite" * 100)
     line = gateway.fails("routes", "test", "carol@example.test")

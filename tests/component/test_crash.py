@@ -24,7 +24,7 @@ PER_CLIENT = 50
 SEQ = re.compile(rb"X-Test-Seq: (\S+)")
 
 
-def send_all(gateway: Gateway, client: int, acked: list[str], deadline: float) -> None:
+def send_all(gateway: Gateway, client: int, acked: list[str], deadline: float, refused: list[int]) -> None:
     for n in range(PER_CLIENT):
         seq = f"c{client}-m{n}"
         body = (f"From: s{client}@sender.test\r\nTo: rcpt@example.test\r\nSubject: crash {seq}\r\n"
@@ -40,7 +40,8 @@ def send_all(gateway: Gateway, client: int, acked: list[str], deadline: float) -
                     acked.append(seq)
                     break
             except (OSError, smtplib.SMTPException):
-                time.sleep(0.05)  # the gateway is down: retry, as an MTA would
+                refused.append(client)
+                time.sleep(0.05)  # the gateway is down: retry soon, as an MTA would (a pace, not a wait)
 
 
 @pytest.mark.slow
@@ -49,13 +50,15 @@ def test_01_kill_9_during_load_loses_no_acknowledged_message(make_gateway: Calla
     gateway = make_gateway({"smtp": {"workers": workers}})
     acked: list[str] = []
     deadline = time.monotonic() + 90
-    threads = [threading.Thread(target=send_all, args=(gateway, c, acked, deadline)) for c in range(CLIENTS)]
+    refused: list[int] = []
+    threads = [threading.Thread(target=send_all, args=(gateway, c, acked, deadline, refused))
+               for c in range(CLIENTS)]
     for thread in threads:
         thread.start()
     wait_for(lambda: len(acked) >= 60, timeout=30)
     gateway.kill_all()
     acked_before_kill = len(acked)
-    time.sleep(0.3)
+    wait_for(lambda: refused)  # the clients have found the gateway down before it comes back
     gateway.start()
     for thread in threads:
         thread.join(timeout=100)

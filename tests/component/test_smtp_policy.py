@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import smtplib
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,35 +17,10 @@ from typing import Any
 
 from conftest import Gateway, parse, wait_for
 
+from tests.helpers import RawSMTP
+
 QUEUED = re.compile(r"2\.0\.0 Ok: queued as ([0-9A-Za-z]+)")
 NO_CACHE = {"rules": {"cache_seconds": 0}}
-
-
-class RawSMTP:
-    """A line-level SMTP client for byte-exact DATA (smtplib rewrites line endings and dots)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def reply(self) -> tuple[int, str]:
-        """One reply, multi-line replies joined with newlines."""
-        lines = []
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise ConnectionError("connection closed")
-            lines.append(line.decode().rstrip("\r\n"))
-            if line[3:4] != b"-":
-                return int(line[:3]), "\n".join(item[4:] for item in lines)
-
-    def command(self, line: bytes) -> tuple[int, str]:
-        self.sock.sendall(line + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def queue_id(message: bytes | str) -> str:
@@ -107,16 +81,16 @@ def test_delivered_message_is_received_header_plus_the_exact_bytes_sent(
     stuffed = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in original.split(b"\r\n"))
     raw = RawSMTP(gw.port)
     try:
-        assert raw.reply()[0] == 220
-        assert raw.command(b"EHLO client.example")[0] == 250
-        assert raw.command(b"MAIL FROM:<sender@elsewhere.test> BODY=8BITMIME") == (250, "2.1.0 Sender ok")
-        assert raw.command(b"RCPT TO:<alice@example.test>") == (250, "2.1.5 Recipient ok")
-        assert raw.command(b"DATA") == (354, "End data with <CR><LF>.<CR><LF>")
+        assert raw.coded_reply()[0] == 220
+        assert raw.coded_command(b"EHLO client.example")[0] == 250
+        assert raw.coded_command(b"MAIL FROM:<sender@elsewhere.test> BODY=8BITMIME") == (250, "2.1.0 Sender ok")
+        assert raw.coded_command(b"RCPT TO:<alice@example.test>") == (250, "2.1.5 Recipient ok")
+        assert raw.coded_command(b"DATA") == (354, "End data with <CR><LF>.<CR><LF>")
         raw.sock.sendall(stuffed + b".\r\n")
-        code, text = raw.reply()
+        code, text = raw.coded_reply()
         assert code == 250
         qid = queue_id(text)
-        assert raw.command(b"QUIT") == (221, "Bye")
+        assert raw.coded_command(b"QUIT") == (221, "Bye")
     finally:
         raw.close()
 
@@ -191,7 +165,8 @@ def test_foreign_domain_is_refused_550_571_and_logged(make_gateway: Callable[...
         # Without an accepted recipient there is no transaction.
         assert client.docmd("DATA")[0] == 503
     rejected = gw.events("rejected")
-    assert [e["recipient"] for e in rejected] == ["victim@relay.test", "x@sub.example.test"]
+    assert [e.get("recipient") for e in rejected] == ["victim@relay.test", "x@sub.example.test", None]
+    assert (rejected[2]["stage"], rejected[2]["reply"][:3]) == ("data", "503")  # every refusal, one line
     first = rejected[0]
     assert first["stage"] == "rcpt"
     assert first["reply"].startswith("550 5.7.1 ")
@@ -360,13 +335,15 @@ def test_client_text_cannot_forge_headers_above_the_message(make_gateway: Callab
     gw = make_gateway()
     raw = RawSMTP(gw.port)
     try:
-        raw.reply()
-        assert raw.command(b"EHLO evil\rAuthentication-Results: mx.test; dkim=pass")[0] == 250
-        assert raw.command(b"MAIL FROM:<sender@elsewhere.test>")[0] == 250
-        assert raw.command(b'RCPT TO:<"x\rX-Forged:1"@example.test>') == (250, "2.1.5 Recipient ok")
-        assert raw.command(b"DATA")[0] == 354
+        raw.coded_reply()
+        assert raw.coded_command(b"EHLO evil\rAuthentication-Results: mx.test; dkim=pass")[0] == 250
+        assert raw.coded_command(b"MAIL FROM:<sender@elsewhere.test>")[0] == 250
+        # RFC 5321 4.1.2: no control character in a quoted local part; refused as bad syntax.
+        assert raw.coded_command(b'RCPT TO:<"x\rX-Forged:1"@example.test>') == (501, "5.1.3 Bad recipient address syntax")
+        assert raw.coded_command(b"RCPT TO:<alice@example.test>") == (250, "2.1.5 Recipient ok")
+        assert raw.coded_command(b"DATA")[0] == 354
         raw.sock.sendall(b"From: s@elsewhere.test\r\nSubject: plain\r\n\r\nbody\r\n.\r\n")
-        assert raw.reply()[0] == 250
+        assert raw.coded_reply()[0] == 250
     finally:
         raw.close()
     [delivered] = gw.wait_delivered(1)

@@ -10,7 +10,6 @@ import datetime
 import re
 import signal
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -23,58 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.helpers import RawSMTP
+
 QUEUED = re.compile(r"250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)")
 MESSAGE = b"From: s@elsewhere.test\r\nSubject: t\r\n\r\nbody\r\n"
-
-
-class RawSMTP:
-    """A line-level SMTP client: exact bytes out, reply lines in."""
-
-    def __init__(self, port: int, *, source: str = "127.0.0.1", timeout: float = 10) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
-        self.file = self.sock.makefile("rb")
-
-    def line(self) -> str:
-        """One reply line without CRLF; "" when the server has closed the connection."""
-        return self.file.readline().decode().rstrip("\r\n")
-
-    def reply(self) -> str:
-        """One whole reply, multi-line replies joined with newlines."""
-        lines = []
-        while True:
-            line = self.line()
-            if not line:
-                raise ConnectionError(f"connection closed after {lines!r}")
-            lines.append(line)
-            if line[3:4] != "-":
-                return "\n".join(lines)
-
-    def command(self, line: bytes) -> str:
-        self.sock.sendall(line + b"\r\n")
-        return self.reply()
-
-    def rest(self) -> list[str]:
-        """Every line until the server closes the connection."""
-        lines = []
-        while line := self.line():
-            lines.append(line)
-        return lines
-
-    def closed(self) -> bool:
-        try:
-            return self.file.readline() == b""
-        except ConnectionResetError:
-            return True
-
-    def start_transaction(self, recipient: bytes = b"alice@example.test") -> None:
-        assert self.reply().startswith("220 mx.test ")
-        assert self.command(b"EHLO client.test").startswith("250-mx.test")
-        assert self.command(b"MAIL FROM:<sender@elsewhere.test>") == "250 2.1.0 Sender ok"
-        assert self.command(b"RCPT TO:<" + recipient + b">") == "250 2.1.5 Recipient ok"
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def banner(port: int, source: str = "127.0.0.1") -> str:

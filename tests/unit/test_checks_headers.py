@@ -32,6 +32,15 @@ def test_fields_cover_the_header_block_byte_for_byte() -> None:
     (b"From: alice@[192.0.2.1]", ("", "no-from-domain")),
     (b"From: a@example.org\r\nFrom: b@example.org", ("", "multiple-from")),
     (b"Sender: a@example.org", ("", "no-from")),
+    (b"From: (a (nested) comment) alice@example.org (x\\) y)", ("example.org", "")),
+    (b"From: Group: a@example.org, (c) b@example.org;", ("example.org", "")),
+    (b"From: <@route.example,@r2.example:alice@example.org>", ("example.org", "")),
+    (b'From: "quoted <b@evil.example>" <alice@example.org>', ("example.org", "")),
+    (b'From: "a@b"@example.org', ("example.org", "")),
+    (b"From: (" * 3000 + b"x" + b")" * 3000 + b" <alice@example.org>", ("example.org", "")),
+    (b"From: (unclosed comment alice@example.org", ("", "unparseable-from")),
+    (b'From: "unclosed <alice@example.org>', ("", "unparseable-from")),
+    (b"From: Alice <alice@example.org", ("", "unparseable-from")),
 ])
 def test_from_domain(header: bytes, expected: tuple[str, str]) -> None:
     message = b"Subject: x\r\n" + header + b"\r\n\r\nFrom: body@ignored.example\r\n"

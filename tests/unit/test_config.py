@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,41 @@ def test_production_example_loads_and_names_aws_backends() -> None:
     assert example.archive.url.startswith("s3://")
     assert example.gmail.tokens.startswith("ssm://")
     assert example.smtp.listen == ("0.0.0.0:25", "[::]:25")
+
+
+def _time_keys() -> list[str]:
+    """Every float-valued key of every section whose name says it holds a time."""
+    import dataclasses
+
+    from sesmail_gateway.config import _SECTION_TYPES
+
+    return [f"{section}.{f.name}" for section, kind in _SECTION_TYPES.items()
+            for f in dataclasses.fields(kind) if isinstance(f.default, float)
+            and re.search(r"timeout|seconds|age|backoff|lifetime|interval|delay|ttl", f.name)]
+
+
+def test_every_time_valued_key_is_a_duration_key() -> None:
+    from sesmail_gateway.config import _DURATION_KEYS
+
+    assert {"smtp.command_timeout", "smtp.data_timeout", "checks.dns_timeout", "rules.cache_seconds",
+            "delivery.max_age", "delivery.backoff_base", "delivery.backoff_max",
+            "gmail.token_poll_seconds"} <= set(_time_keys())
+    assert set(_time_keys()) <= _DURATION_KEYS
+
+
+@pytest.mark.parametrize("key", _time_keys())
+@pytest.mark.parametrize(("text", "seconds"), [("300", 300), ("5m", 300), ("1h", 3600), ("5d", 432000),
+                                               (300, 300), (2.5, 2.5)])
+def test_every_time_valued_key_takes_the_duration_syntax(key: str, text: object, seconds: float) -> None:
+    """smtp.command_timeout = "5m" was refused while delivery.max_age = "5d" worked."""
+    section, name = key.split(".")
+    extra = {"backoff_base": {"backoff_max": "30d"}, "backoff_max": {"backoff_base": "1s"}}.get(name, {})
+    config = load_mapping({section: {name: text, **extra}})
+    assert getattr(getattr(config, section), name) == seconds
+
+
+@pytest.mark.parametrize("key", _time_keys())
+def test_every_time_valued_key_names_itself_when_the_duration_is_bad(key: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
+        load_mapping({section: {name: "soon"}})

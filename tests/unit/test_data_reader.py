@@ -143,3 +143,16 @@ async def test_eof_before_the_terminator_raises_connection_reset(partial: bytes,
 async def test_eof_while_discarding_an_oversized_message_raises_connection_reset() -> None:
     with pytest.raises(ConnectionResetError):
         await read(b"z" * 50_000, limit=1000, chunk=4096)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+async def test_a_message_of_dot_lines_within_the_limit_is_accepted(chunk: int) -> None:
+    """RFC 1870 counts the message, not the wire: 9 000 bytes of lines that begin with a dot
+    are 12 000 bytes on the wire. The old reader gave up once the wire passed limit + 2 % + 1 KiB."""
+    body = b"..\r\n" * 3000
+    result, _ = await read(body + b".\r\n", limit=10_000, chunk=chunk)
+    assert result.content == b".\r\n" * 3000
+    assert result.message_bytes == 9000
+    over, _ = await read(b"..\r\n" * 3334 + b".\r\n", limit=10_000, chunk=chunk)  # 10 002 bytes
+    assert over.content is None
+    assert over.message_bytes > 10_000

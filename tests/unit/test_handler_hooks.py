@@ -190,7 +190,8 @@ async def test_drain_lets_a_message_being_spooled_get_its_250(
                      b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
         await asyncio.wait_for(writing.wait(), 5)
         drain = asyncio.create_task(server.drain(timeout=5))
-        await asyncio.sleep(0.05)  # the drain has looked at every session by now
+        while not server.gate.draining:  # the drain task has run its first step: every session looked at
+            await asyncio.sleep(0)
         release.set()
         lines = (await asyncio.wait_for(reader.read(), 5)).decode().split("\r\n")
         await asyncio.wait_for(drain, 5)

@@ -170,7 +170,8 @@ def test_typed_json_round_trip_keeps_every_kind_of_value() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"S": 5}, {"N": "abc"}, {"N": "NaN"}, {"X": "y"}, {"S": "a", "N": "1"}, {"L": "x"},
+    [{"S": 5}, {"N": "abc"}, {"N": "NaN"}, {"N": "1" * 40}, {"N": "1e400"}, {"N": "1e-400"},
+     {"NS": ["1", "9" * 39]}, {"L": [{"N": "-1e200"}]}, {"X": "y"}, {"S": "a", "N": "1"}, {"L": "x"},
      {"M": ["x"]}, {"B": "!!"}, {"NULL": False}, {"SS": "a"}, "plain"],
 )
 def test_malformed_typed_values_name_the_attribute(bad: object) -> None:

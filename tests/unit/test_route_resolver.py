@@ -12,6 +12,7 @@ from sesmail_gateway import replies
 from sesmail_gateway.routes import Action, Candidate, Match, RouteStoreError, Rule
 from sesmail_gateway.routes.resolver import RouteResolver, candidates, rcpt_verdict
 from sesmail_gateway.routes.sqlite import SqliteRouteStore
+from tests.helpers import Clock
 
 STORE = Action("store")
 ADDRESS = "alice+news@example.test"
@@ -37,14 +38,6 @@ class CountingStore(SqliteRouteStore):
             self.fail_next = False
             raise RouteStoreError("store down")
         return super().get_many(patterns)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
