@@ -419,7 +419,7 @@ async def test_an_outage_costs_a_probe_per_backoff_step_and_the_queue_resumes_to
     await until(lambda: runner.destinations.status() and runner.destinations.status()[0].parked >= 1900, timeout=30)
     # A few backoff steps (0.05 s doubling to 0.1 s) pass with the destination down.
     steps_before = target.calls
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the outage itself: a window of time, not a wait for an event
     probes = target.calls - steps_before
     assert probes <= 12, f"{probes} attempts in 0.5 s of outage for 2000 queued messages"
     assert target.calls < 60  # the first wave (one per runner worker) and the probes, not 2000 x steps
