@@ -390,7 +390,7 @@ def test_11_token_refresh_no_browser_stores_a_token_that_delivers(
         make_gmail_gateway: Callable[..., GmailGateway], gmail: GmailTestServer, answer_by: str) -> None:
     import urllib.request
 
-    gw = make_gmail_gateway(grant=())
+    gw = make_gmail_gateway(grant=(), start=False)  # started once the token is stored
     port = _free_port()
     proc = _start_refresh(gw, port)
     location = _consent(proc, gmail)
