@@ -263,15 +263,20 @@ class Spool:
         files, folders = self._folder_syncs(unsynced, set())
         self.syncs.flush(also_files=files, also_folders=folders)
 
-    @staticmethod
-    def _folder_syncs(unsynced: dict[str, Path], skip: set[str]) -> tuple[list[Path], set[Path]]:
+    def _folder_syncs(self, unsynced: dict[str, Path], skip: set[str]) -> tuple[list[Path], set[Path]]:
+        """What makes these folders durable: their files, the folder, its state folder, and tmp/.
+
+        Each folder was renamed into its state from tmp/: a rename is durable
+        only once both folders it changed are fsynced (a directory must not be
+        left under its old name, which start-up clears as unacknowledged).
+        """
         files: list[Path] = []
         folders: set[Path] = set()
         for queue_id, folder in unsynced.items():
             if queue_id in skip:
                 continue  # delivered: its folder need never be durable
             files += (folder / MESSAGE, folder / META)
-            folders.update((folder, folder.parent))
+            folders.update((folder, folder.parent, self.root / TMP))
         return files, folders
 
     def finish(self, item: QueueItem) -> None:

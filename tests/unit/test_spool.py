@@ -136,7 +136,8 @@ async def test_checkpoint_fsyncs_undelivered_folders_before_a_journal_goes(tmp_p
         spool.checkpoint()
     folder = tmp_path / INCOMING / waiting.id
     synced = set(syncs.paths())
-    assert {str(folder / "message.eml"), str(folder / "meta.json"), str(folder), str(tmp_path / INCOMING)} <= synced
+    assert {str(folder / "message.eml"), str(folder / "meta.json"), str(folder), str(tmp_path / INCOMING),
+            str(tmp_path / "tmp")} <= synced  # renamed from tmp/: both folders, or the rename is not durable
     # A delivered message needs no durable folder.
     assert not any(delivered.id in path and "done" not in path for path in synced)
     assert not journal.exists() and (tmp_path / "done" / delivered.id).exists()
