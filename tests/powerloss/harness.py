@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -86,11 +88,29 @@ class PowerLossFS:
         """The next ``count`` fsyncs of paths matching ``pattern`` fail with EIO (-1: all of them)."""
         self.command("fail_fsync", pattern=pattern, count=count)
 
+    def holders(self) -> list[int]:
+        """Processes with a file or their working folder on the mount (a worker that outlived its daemon)."""
+        mount = str(self.mountpoint)
+        found: list[int] = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) in (os.getpid(), self.proc.pid if self.proc else -1):
+                continue
+            try:
+                links = [os.readlink(proc / "cwd")] + [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            except OSError:
+                continue
+            if any(link == mount or link.startswith(mount + "/") for link in links):
+                found.append(int(proc.name))
+        return found
+
     def unmount(self) -> dict[str, Any]:
         """Unmount; after a cut, the backing folder is rolled back. Returns the filesystem's summary."""
         assert self.proc is not None
         deadline = time.monotonic() + 20
         tool = shutil.which("fusermount3") or "fusermount"
+        for pid in self.holders():  # the power is off for them too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         while True:
             done = subprocess.run([tool, "-u", str(self.mountpoint)], capture_output=True, text=True)
             if done.returncode == 0 or not os.path.ismount(self.mountpoint):
