@@ -15,6 +15,7 @@ import pytest
 
 from sesmail_gateway.checks.dns import Resolver
 from tests.dnsserver import TestDNSServer
+from tests.gmailserver import GmailTestServer
 from tests.gmailserver import certificate as gmail_certificate
 from tests.helpers import (  # noqa: F401  (re-exported for tests that import them from conftest)
     ROOT,
@@ -68,3 +69,16 @@ os.environ.pop("SESMAIL_GATEWAY_CONFIG", None)
 # httplib2 reads its CA bundle once, when first imported (test collection may import it): trust the
 # local Gmail test server's certificate from the start. Nothing in the tests reaches another HTTPS server.
 os.environ["HTTPLIB2_CA_CERTS"] = str(gmail_certificate()[0])
+
+
+@pytest.fixture
+def gmail(monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTestServer]:
+    """The local Gmail-speaking HTTPS server; this process and the daemons it starts trust its certificate."""
+    import httplib2
+
+    server = GmailTestServer().start()
+    for key, value in server.env().items():  # child processes (daemon, CLI) read these
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(httplib2, "CA_CERTS", str(server.cert))  # read once, at httplib2's first import
+    yield server
+    server.stop()

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import smtplib
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from tests.aws.motoserver import Moto
 from tests.conftest import Gateway, wait_for
@@ -16,15 +13,6 @@ from tests.gmailserver import GmailTestServer
 
 MESSAGE = (b"From: Alice <alice@sender.test>\r\nTo: info@example.test\r\nSubject: seed deployment\r\n"
            b"Message-ID: <seed-1@sender.test>\r\n\r\nbody \xff 8-bit\r\n")
-
-
-@pytest.fixture
-def gmail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTestServer]:
-    server = GmailTestServer(tmp_path).start()
-    for key, value in server.env().items():  # the daemon trusts the test server's certificate
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
 
 
 def test_seed_table_bucket_and_ssm_layout_deliver_to_gmail_unchanged(

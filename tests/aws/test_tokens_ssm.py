@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import httplib2
 import pytest
 
 from sesmail_gateway.config import AwsConfig, Config, GmailConfig
@@ -110,17 +109,6 @@ def test_factory_opens_ssm_from_gmail_tokens(moto: Moto, path: str, tmp_path: Pa
     assert store.describe() == f"ssm://{path}"
     token = store.get("x@gmail.com")
     assert token is not None and token.shared
-
-
-@pytest.fixture
-def gmail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTestServer]:
-    server = GmailTestServer(tmp_path).start()
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    # httplib2 reads HTTPLIB2_CA_CERTS once, when first imported (maybe by another test module).
-    monkeypatch.setattr(httplib2, "CA_CERTS", str(server.cert))
-    yield server
-    server.stop()
 
 
 def test_seed_layout_delivers_to_gmail_with_its_single_token(

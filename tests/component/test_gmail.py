@@ -12,7 +12,7 @@ import os
 import smtplib
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,6 @@ YOU = "you@gmail.test"
 MESSAGE = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: caf\xc3\xa9 \xe9\r\n"
            b"Date: Mon, 1 Jan 1990 00:00:00 +0000\r\nMessage-ID: <m1@sender.test>\r\n\r\n"
            b"8-bit body \xff\xfe and a line\r\n.with a leading dot\r\n")
-
-
-@pytest.fixture
-def gmail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTestServer]:
-    server = GmailTestServer(tmp_path).start()
-    # The daemon and the CLI are child processes: they trust the test server's certificate through these.
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
 
 
 class GmailGateway:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from sesmail_gateway.tokens.file import FileTokenStore
 from tests.gmailserver import GmailTestServer
 
 ME = "me@gmail.test"
-
-
-@pytest.fixture
-def gmail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTestServer]:
-    server = GmailTestServer(tmp_path).start()
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
 
 
 def deliverer(gmail: GmailTestServer, tmp_path: Path, labels: tuple[str, ...] = ("INBOX", "UNREAD"),

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from sesmail_gateway.tokens import StoredToken
 from sesmail_gateway.tokens.file import FileTokenStore
@@ -19,15 +17,6 @@ from tests.scan.test_scan_clients import CLEAN_MESSAGE, GTUBE_MESSAGE
 from tests.scanners import ScannerProcess
 
 ME = "me@gmail.test"
-
-
-@pytest.fixture
-def gmail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GmailTestServer]:
-    server = GmailTestServer(tmp_path).start()
-    for key, value in server.env().items():  # the daemon trusts the test server's certificate through these
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
 
 
 def send(gw: Gateway, data: bytes) -> None:

@@ -431,3 +431,14 @@ async def test_an_outage_costs_a_probe_per_backoff_step_and_the_queue_resumes_to
     await runner.stop()
     assert runner.destinations.status() == []
     assert json.loads((spool.root / "destinations.json").read_text()) == []
+
+
+async def test_a_destination_that_recovers_with_nothing_waiting_is_no_longer_shown(
+        spool: Spool, tmp_path: Path) -> None:
+    runner = await started(spool, tmp_path, ScriptedTarget(TemporaryFailure("busy"), None))
+    queued = make_item("mail")
+    await queue(spool, queued)
+    await until(lambda: where(spool, queued.id) is None or spool.finishing(queued.id))
+    await runner.stop()
+    assert runner.destinations.status() == []
+    assert json.loads((spool.root / "destinations.json").read_text()) == []
