@@ -93,11 +93,12 @@ class Destinations:
             down.probing = False
             return down.until
 
-    def succeeded(self, destination: str) -> dict[str, str]:
-        """The destination works: it is up again; returns the parked messages (id -> state) to resubmit."""
+    def succeeded(self, destination: str) -> dict[str, str] | None:
+        """The destination works. None if it was up; else it is up again and the parked messages
+        (id -> state) are returned for resubmission."""
         with self._lock:
             down = self._down.pop(destination, None)
-        return dict(down.parked) if down is not None else {}
+        return dict(down.parked) if down is not None else None
 
     def probe_candidates(self) -> dict[str, tuple[str, str]]:
         """For each down destination whose step has ended and that has no probe out: one parked message."""

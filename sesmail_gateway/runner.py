@@ -421,9 +421,10 @@ class Runner:
 
     def _came_back(self, destination: str) -> None:
         parked = self.destinations.succeeded(destination)
-        if parked or destination in self._down_names:
-            log.info("runner: %s works again; resuming %d waiting message(s)", destination, len(parked))
-            self._write_down_file()
+        if parked is None:
+            return  # it was up: the common case, nothing to do
+        log.info("runner: %s works again; resuming %d waiting message(s)", destination, len(parked))
+        self._write_down_file()
         if parked and self._loop is not None:
             self._loop.call_soon_threadsafe(self._resume, parked)
 
