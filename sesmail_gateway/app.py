@@ -140,6 +140,9 @@ class Gateway:
                                    config=config.gmail, metrics=self.metrics)
         self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
         self.spool.on_ready = self.runner.notify
+        # Accepted messages go from the journal straight to the runner; the runner retires the segments.
+        self.spool.on_accepted = self.runner.accept
+        self.spool.on_sealed = self.spool.segments.sealed
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
         self.pool: WorkerPool | None = None
@@ -151,7 +154,9 @@ class Gateway:
                                      scanning=build_scanning(config, observe=self.metrics.scan_result))
             self.smtp = SMTPServer(config, handler)
         else:
-            self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify)
+            self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
+                                   on_accepted=self.runner.accept_record, on_sealed=self.spool.segments.sealed,
+                                   on_died=self.runner.adopt)
         self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
