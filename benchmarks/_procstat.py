@@ -86,6 +86,14 @@ def read_stat(pid: int, proc: Path = PROC) -> ProcCpu | None:
         return None
 
 
+def read_cmdline(pid: int, proc: Path = PROC) -> str:
+    """The process's command line, arguments joined by spaces (empty when it is gone)."""
+    try:
+        return (proc / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def all_processes(proc: Path = PROC) -> list[ProcCpu]:
     """Every process that could be read (processes vanish while the directory is listed)."""
     found = (read_stat(int(entry.name), proc) for entry in proc.iterdir() if entry.name.isdigit())
