@@ -23,6 +23,15 @@ RATIO_PAIRS = (
 )
 """(title, numerator target, denominator target) -- printed when both rows exist."""
 
+RATE_TARGETS = (
+    ("gateway+checks", "bare", 4096, 0.75),
+    ("gateway+checks", "postfix+maildir", 4096, 1.0),
+    ("gateway+checks", "postfix+maildir", 102400, 1.0),
+)
+"""(numerator, denominator, size, least msg/s ratio): the accept-rate targets of the performance work."""
+P99_TARGETS = (("gateway+checks", 4096, 50.0),)
+"""(target, size, most p99 ms): the latency target of the performance work."""
+
 AuthCounts = dict[str, dict[str, int]]
 """method -> result -> count, as scraped from ``sesmail_auth_results_total``."""
 
@@ -205,6 +214,7 @@ def format_report(rows: Sequence[Row], connections: int, legend: Mapping[str, st
     parts += ["", format_table(rows)]
     if ratio_rows := ratios(rows):
         parts += ["", *format_ratios(ratio_rows)]
+    parts += format_targets(rows)
     if auth_rows := [row for row in rows if row.auth is not None]:
         parts += ["", "authentication verdicts from the gateway's /metrics (sesmail_auth_results_total, "
                       "warm-up included):"]
@@ -267,3 +277,21 @@ def syscall_lines(row: Row) -> list[str]:
     durable = ", ".join(f"{name} {row.syscalls[name].calls / accepted:.2f}" for name in DURABILITY_CALLS
                         if name in row.syscalls)
     return [f"total {total / accepted:.1f}", f"top 10: {top}", f"durability: {durable or 'none'}"]
+
+
+def format_targets(rows: Sequence[Row]) -> list[str]:
+    """Each performance target that this run measured, with the figure and whether it is met."""
+    by_key = {(row.target, row.size): row.result for row in rows if row.result is not None and not row.failure}
+    lines = []
+    for top, bottom, size, least in RATE_TARGETS:
+        num, den = by_key.get((top, size)), by_key.get((bottom, size))
+        if num is not None and den is not None and den.rate > 0:
+            ratio = num.rate / den.rate
+            lines.append(f"  {top} / {bottom} msg/s at {size_label(size)} >= {least:.2f}: {ratio:.3f}"
+                         f"{'' if ratio >= least else '  NOT MET'}")
+    for target, size, most in P99_TARGETS:
+        if (res := by_key.get((target, size))) is not None and res.accepted:
+            p99 = res.percentile_ms(99)
+            lines.append(f"  {target} p99 at {size_label(size)} <= {most:.0f} ms: {p99:.2f} ms"
+                         f"{'' if p99 <= most else '  NOT MET'}")
+    return ["", "performance targets:", *lines] if lines else []

@@ -662,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=parse_address, metavar="HOST:PORT",
                         help="measure only this already-running SMTP server (loopback only)")
     parser.add_argument("--mode", choices=sorted(MODES), default="all",
-                        help="all: bare, gateway, gateway+checks, postfix (default); basic: bare, gateway; "
+                        help="all: bare, gateway, gateway+checks, postfix, postfix+maildir (default); basic: bare, gateway; "
                              "checks: gateway, gateway+checks")
     parser.add_argument("--checks", action="store_const", const="checks", dest="mode",
                         help="same as --mode checks (with --target: send it the DKIM-signed mail)")

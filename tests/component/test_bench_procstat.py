@@ -29,7 +29,7 @@ from _procstat import (  # noqa: E402
     sample_tree,
     top_calls,
 )
-from _report import Row, cpu_line, syscall_lines  # noqa: E402
+from _report import Row, cpu_line, format_targets, syscall_lines  # noqa: E402
 from _smtpload import Result  # noqa: E402
 
 # A process the test drives line by line over stdin; it answers each command on stdout.
@@ -182,6 +182,26 @@ def test_report_divides_cpu_and_syscalls_by_the_measured_messages_only() -> None
         "top 10: write 3.0, futex 2.0, fsync 1.0",
         "durability: fsync 1.00",
     ]
+
+
+def test_report_says_which_performance_targets_this_run_met() -> None:
+    def row(target: str, size: int, rate: float, p99_ms: float) -> Row:
+        return Row(target, size, result=Result(attempted=100, accepted=100, seconds=100 / rate,
+                                               latencies=[p99_ms / 1000] * 100))
+
+    rows = [row("bare", 4096, 1000.0, 5.0), row("gateway+checks", 4096, 800.0, 60.0),
+            row("postfix+maildir", 4096, 1000.0, 5.0), row("gateway+checks", 102400, 300.0, 90.0),
+            row("postfix+maildir", 102400, 200.0, 9.0)]
+    assert format_targets(rows) == [
+        "",
+        "performance targets:",
+        "  gateway+checks / bare msg/s at 4 KiB >= 0.75: 0.800",
+        "  gateway+checks / postfix+maildir msg/s at 4 KiB >= 1.00: 0.800  NOT MET",
+        "  gateway+checks / postfix+maildir msg/s at 100 KiB >= 1.00: 1.500",
+        "  gateway+checks p99 at 4 KiB <= 50 ms: 60.00 ms  NOT MET",
+    ]
+    rows[2].failure = "only 10 of 100 accepted messages reached the Maildir"
+    assert "postfix+maildir msg/s at 4 KiB" not in "\n".join(format_targets(rows))
 
 
 STRACE_SAMPLE = """\
