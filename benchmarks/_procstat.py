@@ -120,21 +120,29 @@ def cpu_delta(before: Mapping[int, ProcCpu], after: Mapping[int, ProcCpu],
               group: Callable[[ProcCpu], str]) -> dict[str, float]:
     """CPU seconds used between two samples, summed per ``group(process)``.
 
-    Each process's own CPU goes to its group; CPU of children reaped in
-    between goes to the group ``"reaped by " + group(parent)``.  A process
-    that exited and was not reaped by a process in the tree is not counted.
+    Each process's own CPU goes to its group; CPU of children that exited in
+    between, which the kernel adds to their parent's ``cutime``/``cstime``
+    when it reaps them, goes to ``"exited (reaped by <parent's group>)"``,
+    less what those that were already running at ``before`` had used by then.
+    A process that exited and was not reaped by a process in the tree is not
+    counted.
     """
     totals: dict[str, float] = {}
+
+    def add(name: str, seconds: float) -> None:
+        totals[name] = totals.get(name, 0.0) + seconds
+
     for pid, now in after.items():
         then = before.get(pid)
         if then is not None and then.comm != now.comm and then.ppid != now.ppid:
             then = None  # the pid was reused
-        own = now.own - (then.own if then else 0.0)
-        reaped = now.reaped - (then.reaped if then else 0.0)
-        name = group(now)
-        totals[name] = totals.get(name, 0.0) + own
-        if reaped > 0:
-            totals[f"reaped by {name}"] = totals.get(f"reaped by {name}", 0.0) + reaped
+        add(group(now), now.own - (then.own if then else 0.0))
+        if (reaped := now.reaped - (then.reaped if then else 0.0)) > 0:
+            add(f"exited (reaped by {group(now)})", reaped)
+    for pid, then in before.items():
+        parent = after.get(then.ppid)
+        if pid not in after and parent is not None and f"exited (reaped by {group(parent)})" in totals:
+            add(f"exited (reaped by {group(parent)})", -(then.own + then.reaped))
     return totals
 
 

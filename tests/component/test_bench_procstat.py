@@ -62,6 +62,21 @@ for line in sys.stdin:
             burn(float(arg))
             os._exit(0)
         os.waitpid(pid, 0)
+    elif command == "prefork":  # a child that burns CPU now and exits only on "reap"
+        ready_r, ready_w = os.pipe()
+        hold_r, hold_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(hold_w)
+            burn(float(arg))
+            os.write(ready_w, b"x")
+            os.read(hold_r, 1)
+            os._exit(0)
+        os.read(ready_r, 1)
+        held = (pid, hold_w)
+    elif command == "reap":
+        os.close(held[1])
+        os.waitpid(held[0], 0)
     elif command == "syscalls":
         thread = threading.Thread(target=getppid_calls, args=(int(arg),))
         thread.start()
@@ -134,7 +149,15 @@ def test_cpu_of_a_process_and_of_the_child_it_reaped_is_counted_between_two_samp
     used = cpu_delta(before, after, lambda process: "driver")
     # /proc counts in clock ticks (10 ms): allow two of them each way.
     assert 0.28 <= used["driver"] < 1.5
-    assert 0.28 <= used["reaped by driver"] < 1.5
+    assert 0.28 <= used["exited (reaped by driver)"] < 1.5
+
+
+def test_cpu_a_child_used_before_the_first_sample_is_not_counted_when_it_exits(child: Child) -> None:
+    assert child.ask("prefork 0.3") == "done"
+    before = sample_tree(child.pid)
+    assert child.ask("reap") == "done"
+    used = cpu_delta(before, sample_tree(child.pid), lambda process: "driver")
+    assert abs(used["exited (reaped by driver)"]) < 0.05
 
 
 def test_strace_counts_every_thread_and_forked_child_of_an_attached_process(child: Child) -> None:
