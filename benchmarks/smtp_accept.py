@@ -5,7 +5,7 @@ p50/p99 accept latency -- from sending ``MAIL FROM`` to receiving the final
 ``250`` after the DATA terminator -- with the same load client (N concurrent
 connections, each reusing its session for many transactions).
 
-Targets (the default ``--mode all`` runs all four, per size, in one run):
+Targets (the default ``--mode all`` runs all five, per size, in one run):
 
 * ``bare`` -- ``benchmarks/discard_server.py`` (aiosmtpd, ``handle_DATA`` returns 250);
 * ``gateway`` -- ``python -m sesmail_gateway serve`` with a fresh data dir
@@ -697,7 +697,8 @@ def make_targets(args: argparse.Namespace, workload: Workload) -> list[Target]:
         "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay, strace=args.strace),
         "postfix+maildir": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay, delivery="maildir",
                                                  strace=args.strace),
-        "gateway+rspamd": lambda: GatewayTarget(workload.dns_server, args.workers, rspamd_url=args.rspamd_url),
+        "gateway+rspamd": lambda: GatewayTarget(workload.dns_server, args.workers, rspamd_url=args.rspamd_url,
+                                                strace=args.strace),
     }
     names = ("gateway", "gateway+rspamd") if args.scan else MODES[args.mode]
     return [factories[name]() for name in names]
