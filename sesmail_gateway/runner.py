@@ -544,7 +544,7 @@ class Runner:
             if not self._archive(item, message):
                 return item
             self._came_back(ARCHIVE)
-            if message.path is None and "://" not in item.archived and os.path.isfile(item.archived):
+            if message.path is None and getattr(self.archiver, "local", False):
                 # The archive copy is a local file now: later copies (Maildir) link to it.
                 message = StoredMessage.at(Path(item.archived))
                 self._in_memory[queue_id] = message

@@ -108,7 +108,7 @@ APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connec
 def run_worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
-    maillog.configure()
+    maillog.configure(daemon=True)
     asyncio.run(_worker(config, index, conn, limits))
 
 
