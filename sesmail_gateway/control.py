@@ -49,7 +49,8 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)
+            async with asyncio.timeout(10.0):
+                line = await reader.readline()
             try:
                 request = json.loads(line)
                 handler = self.handlers.get(str(request.get("command")))

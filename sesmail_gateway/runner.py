@@ -430,8 +430,11 @@ class Runner:
                 self._queue.put_nowait((state, queue_id))  # parked ones stay known: straight onto the queue
             wait = min(self._timers[0][0] - now, 1.0) if self._timers else 1.0
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands as the
+            # wait ends, and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                async with asyncio.timeout(max(wait, 0.01)):
+                    await self._wake.wait()
 
     async def _worker(self) -> None:
         while True:

@@ -93,7 +93,8 @@ class SMTPServer:
             if not session.in_transaction:
                 session.close_for_shutdown()
         try:
-            await asyncio.wait_for(self.gate.idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.gate.idle.wait()
         except TimeoutError:
             log.warning("smtp: %d session(s) still open after %.0fs; closing", len(self.gate.sessions), timeout)
         await self.close()

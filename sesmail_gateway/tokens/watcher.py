@@ -69,8 +69,9 @@ class TokenWatcher:
                 log.error("tokens: cannot read the token store: %s", exc)
             except Exception as exc:  # the watcher must outlive any one failure
                 log.error("tokens: check failed: %s: %s", type(exc).__name__, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.token_poll_seconds)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout never swallows a cancellation
+                async with asyncio.timeout(self.config.token_poll_seconds):
+                    await self._wake.wait()
 
     async def check(self) -> int:
         """One pass; returns how many held messages it released."""
