@@ -11,26 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
-from sesmail_gateway import maillog
 from sesmail_gateway.config import Config
+from sesmail_gateway.forkserver import ForkServer
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.smtp.limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.25
+RESTART_DELAY = 1.0
+"""Seconds before a worker that exited is started again (a worker that cannot start must not spin)."""
 
 
 def worker_count(config: Config) -> int:
@@ -75,25 +74,9 @@ APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connec
                         "scan_result"})
 
 
-def run_worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
-    """Entry point of a worker process."""
-    _die_with_parent()
-    maillog.configure()
-    asyncio.run(_worker(config, index, conn, limits))
-
-
-def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the main process dies (even by kill -9).
-
-    A worker left behind would go on accepting mail that no runner delivers,
-    and would share the port with the next start's workers.
-    """
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        ctypes.CDLL(name, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
+def run_worker(config: Config, limits: SharedLimits, index: int, fd: int) -> None:
+    """Entry point of a worker process, forked by the fork server (logging is set up already)."""
+    asyncio.run(_worker(config, index, Connection(fd, readable=False), limits))
 
 
 async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
@@ -153,32 +136,60 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     conn.close()
 
 
-class WorkerPool:
-    """Starts, watches and stops the worker processes."""
+class Forks(NamedTuple):
+    """The workers' fork server and their shared connection counts, both made before the daemon's first thread."""
 
-    def __init__(self, config: Config, metrics: Metrics, on_queued: Callable[[str], None]) -> None:
+    server: ForkServer
+    limits: SharedLimits
+
+    @classmethod
+    def start(cls, config: Config) -> Forks:
+        """Call first thing in the daemon, while it is one thread with nothing open (see forkserver.py)."""
+        limits = SharedLimits(max_connections=config.smtp.max_connections,
+                              max_per_ip=config.smtp.max_connections_per_ip, slots=worker_count(config),
+                              context=multiprocessing.get_context("fork"))
+        return cls(ForkServer.start(functools.partial(run_worker, config, limits), child_name="sesmail-smtp"), limits)
+
+
+class _Worker:
+    """One worker as the main process sees it: a pidfd (readable once it has exited) and its pipe."""
+
+    def __init__(self, pidfd: int, conn: Connection) -> None:
+        self.pidfd = pidfd
+        self.conn = conn
+        self.exited = asyncio.Event()
+
+
+class WorkerPool:
+    """Starts, watches and stops the worker processes.
+
+    A worker that exits is forked again after ``RESTART_DELAY``. If the fork
+    server is gone, no worker can be started any more: ``lost`` is set and
+    ``on_lost`` asks the daemon to stop (the service manager starts it afresh).
+    """
+
+    def __init__(self, config: Config, forks: Forks, metrics: Metrics, on_queued: Callable[[str], None],
+                 on_lost: Callable[[], None]) -> None:
         self.config = config
         self.metrics = metrics
         self.on_queued = on_queued
+        self.on_lost = on_lost
         self.count = worker_count(config)
-        self._context = multiprocessing.get_context("spawn")
-        self.limits = SharedLimits(max_connections=config.smtp.max_connections,
-                                   max_per_ip=config.smtp.max_connections_per_ip, slots=self.count,
-                                   context=self._context)
-        self._procs: dict[int, tuple[BaseProcess, Connection]] = {}
+        self.limits = forks.limits
+        self._server = forks.server
+        self._workers: dict[int, _Worker] = {}
         self._ready: set[int] = set()
         self._all_ready = asyncio.Event()
         self._stopping = False
-        self._watch: asyncio.Task[None] | None = None
+        self.lost = False
 
     async def start(self, abort: asyncio.Event, timeout: float = 60.0) -> None:
         """Start every worker; return when all are listening, or ``abort`` is set, or after ``timeout``.
 
-        The supervisor runs from the start, so a worker that dies while starting is replaced.
+        A worker that dies while starting is replaced.
         """
         for index in range(self.count):
-            self._spawn(index)
-        self._watch = asyncio.create_task(self._supervise())
+            self._fork(index)
         waits = [asyncio.create_task(self._all_ready.wait()), asyncio.create_task(abort.wait())]
         done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -187,15 +198,54 @@ class WorkerPool:
             log.error("workers: only %d of %d smtp workers ready after %.0fs; still trying",
                       len(self._ready), self.count, timeout)
 
-    def _spawn(self, index: int) -> None:
+    def _fork(self, index: int) -> None:
+        if self._stopping or self.lost:
+            return
         self.limits.reset(index)  # a dead predecessor's sessions are gone
-        parent, child = self._context.Pipe(duplex=False)
-        proc = self._context.Process(target=run_worker, args=(self.config, index, child, self.limits),
-                                     name=f"smtp-worker-{index}", daemon=False)
-        proc.start()
-        child.close()
-        self._procs[index] = (proc, parent)
-        asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        try:
+            pidfd = self._server.fork(index, writer.fileno())
+        except OSError as exc:
+            reader.close()
+            self.lost = True
+            log.error("workers: the fork server is gone (%s); stopping so that the gateway is started afresh", exc)
+            self.on_lost()
+            return
+        finally:
+            writer.close()
+        worker = self._workers[index] = _Worker(pidfd, reader)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(reader.fileno(), self._receive, index, reader)
+        loop.add_reader(pidfd, self._exited, index, worker)
+
+    def _exited(self, index: int, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(worker.pidfd)
+        worker.exited.set()
+        self._ready.discard(index)
+        if self._stopping:
+            return
+        log.error("workers: smtp worker %d exited; restarting", index)
+        loop.call_later(RESTART_DELAY, self._restart, index, worker)
+
+    def _restart(self, index: int, worker: _Worker) -> None:
+        if self._stopping:  # stop() closes it
+            return
+        self._close(worker)
+        self._fork(index)
+
+    def _close(self, worker: _Worker) -> None:
+        """Apply what the worker sent last before it exited, then close its pipe and pidfd."""
+        with contextlib.suppress(OSError):
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+        try:
+            while worker.conn.poll():
+                self._handle(-1, worker.conn.recv())
+        except (EOFError, OSError):
+            pass
+        worker.conn.close()
+        with contextlib.suppress(OSError):
+            os.close(worker.pidfd)
 
     def _receive(self, index: int, conn: Connection) -> None:
         try:
@@ -218,42 +268,26 @@ class WorkerPool:
             elif name in APPLICABLE:
                 getattr(self.metrics, name)(*args)
 
-    async def _supervise(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(1.0)
-            for index, (proc, conn) in list(self._procs.items()):
-                if proc.is_alive() or self._stopping:
-                    continue
-                log.error("workers: smtp worker %d exited with %s; restarting", index, proc.exitcode)
-                self._ready.discard(index)
-                conn.close()
-                self._spawn(index)
-
     @property
     def healthy(self) -> bool:
-        return len(self._ready) == self.count and all(p.is_alive() for p, _ in self._procs.values())
+        return len(self._ready) == self.count and not any(w.exited.is_set() for w in self._workers.values())
 
     def signal_all(self, signum: int) -> None:
-        for proc, _ in self._procs.values():
-            if proc.pid and proc.is_alive():
-                os.kill(proc.pid, signum)
+        for worker in self._workers.values():
+            if not worker.exited.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(worker.pidfd, signum)
 
     async def stop(self) -> None:
-        """SIGTERM every worker (each drains its sessions) and wait for them."""
+        """SIGTERM every worker (each drains its sessions), wait for them, then let the fork server go."""
         self._stopping = True
-        if self._watch:
-            self._watch.cancel()
         self.signal_all(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        for proc, conn in self._procs.values():
-            await loop.run_in_executor(None, proc.join, self.config.smtp.data_timeout + 5)
-            if proc.is_alive():
-                proc.kill()
-            loop.remove_reader(conn.fileno())
-            # Apply what the worker sent last before it exited.
+        for worker in self._workers.values():
             try:
-                while conn.poll():
-                    self._handle(-1, conn.recv())
-            except (EOFError, OSError):
-                pass
-            conn.close()
+                await asyncio.wait_for(worker.exited.wait(), self.config.smtp.data_timeout + 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
+                await worker.exited.wait()
+            self._close(worker)
+        await asyncio.to_thread(self._server.close)
