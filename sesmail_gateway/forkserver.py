@@ -21,8 +21,8 @@ stops, for the service manager to start it afresh.
 
 Protocol, over a ``socketpair(SOCK_SEQPACKET)``: the daemon sends the child's
 index with one file descriptor for the child (SCM_RIGHTS); the server
-answers with a pidfd of the new child, which the daemon polls for its exit
-and signals without a race against pid reuse. The server reaps its children
+answers with the new child's pid and a pidfd of it, which the daemon polls
+for its exit and signals without a race against pid reuse. The server reaps its children
 and logs an exit status that is not 0.
 """
 
@@ -34,6 +34,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -102,19 +103,53 @@ class ForkServer:
         ours.settimeout(REPLY_TIMEOUT)
         return cls(pid, ours)
 
-    def fork(self, index: int, fd: int) -> int:
-        """Fork child ``index``, handing it ``fd``; return a pidfd of it. OSError when the server is gone."""
+    def fork(self, index: int, fd: int) -> Child:
+        """Fork child ``index``, handing it ``fd``. OSError when the server is gone."""
         socket.send_fds(self._sock, [str(index).encode()], [fd])
         reply, fds, _, _ = socket.recv_fds(self._sock, 16, 1)
         if not fds:
             raise ConnectionResetError("fork server: gone")
-        return fds[0]
+        return Child(int(reply), fds[0])
 
     def close(self) -> None:
         """Let the server exit (its children should be gone by now) and reap it."""
         self._sock.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
+
+
+class Child:
+    """A child of the server as the daemon sees it, through a pidfd (no race with pid reuse).
+
+    The daemon is not its parent: it learns that the child exited (the pidfd
+    turns readable), not the exit status, which the server logs.
+    """
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the child has exited, or ``timeout`` seconds."""
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        poller.poll(None if timeout is None else int(timeout * 1000))
+
+    def is_alive(self) -> bool:
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def send_signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._pidfd)
 
 
 def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, child_name: str) -> None:
@@ -144,7 +179,7 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
         pidfd = os.pidfd_open(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         try:
-            socket.send_fds(sock, [b"ok"], [pidfd])
+            socket.send_fds(sock, [str(pid).encode()], [pidfd])
         finally:
             os.close(pidfd)
 

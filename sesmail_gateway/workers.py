@@ -5,6 +5,10 @@ the one spool (queue ids carry the pid, so they stay unique). The main
 process keeps the runner, /metrics and the supervision: it restarts a
 worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain.
 Workers report metrics and queued ids to the main process over a pipe.
+
+Workers are forked by a fork server (``forkserver.py``) that the daemon
+forks before it starts any thread, so they share the imported code and
+data with it instead of importing everything again.
 """
 
 from __future__ import annotations
@@ -21,15 +25,13 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from sesmail_gateway.config import Config
-from sesmail_gateway.forkserver import ForkServer
+from sesmail_gateway.forkserver import Child, ForkServer
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.smtp.limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.25
-RESTART_DELAY = 1.0
-"""Seconds before a worker that exited is started again (a worker that cannot start must not spin)."""
 
 
 def worker_count(config: Config) -> int:
@@ -151,21 +153,12 @@ class Forks(NamedTuple):
         return cls(ForkServer.start(functools.partial(run_worker, config, limits), child_name="sesmail-smtp"), limits)
 
 
-class _Worker:
-    """One worker as the main process sees it: a pidfd (readable once it has exited) and its pipe."""
-
-    def __init__(self, pidfd: int, conn: Connection) -> None:
-        self.pidfd = pidfd
-        self.conn = conn
-        self.exited = asyncio.Event()
-
-
 class WorkerPool:
     """Starts, watches and stops the worker processes.
 
-    A worker that exits is forked again after ``RESTART_DELAY``. If the fork
-    server is gone, no worker can be started any more: ``lost`` is set and
-    ``on_lost`` asks the daemon to stop (the service manager starts it afresh).
+    If the fork server is gone, no worker can be started any more: ``lost``
+    is set and ``on_lost`` asks the daemon to stop, for the service manager
+    to start it afresh.
     """
 
     def __init__(self, config: Config, forks: Forks, metrics: Metrics, on_queued: Callable[[str], None],
@@ -177,19 +170,21 @@ class WorkerPool:
         self.count = worker_count(config)
         self.limits = forks.limits
         self._server = forks.server
-        self._workers: dict[int, _Worker] = {}
+        self.lost = False
+        self._procs: dict[int, tuple[Child, Connection]] = {}
         self._ready: set[int] = set()
         self._all_ready = asyncio.Event()
         self._stopping = False
-        self.lost = False
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self, abort: asyncio.Event, timeout: float = 60.0) -> None:
         """Start every worker; return when all are listening, or ``abort`` is set, or after ``timeout``.
 
-        A worker that dies while starting is replaced.
+        The supervisor runs from the start, so a worker that dies while starting is replaced.
         """
         for index in range(self.count):
-            self._fork(index)
+            self._spawn(index)
+        self._watch = asyncio.create_task(self._supervise())
         waits = [asyncio.create_task(self._all_ready.wait()), asyncio.create_task(abort.wait())]
         done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -198,54 +193,22 @@ class WorkerPool:
             log.error("workers: only %d of %d smtp workers ready after %.0fs; still trying",
                       len(self._ready), self.count, timeout)
 
-    def _fork(self, index: int) -> None:
-        if self._stopping or self.lost:
-            return
+    def _spawn(self, index: int) -> None:
         self.limits.reset(index)  # a dead predecessor's sessions are gone
-        reader, writer = multiprocessing.Pipe(duplex=False)
+        parent, child = multiprocessing.Pipe(duplex=False)
         try:
-            pidfd = self._server.fork(index, writer.fileno())
+            proc = self._server.fork(index, child.fileno())
         except OSError as exc:
-            reader.close()
+            parent.close()
+            self._procs.pop(index, None)
             self.lost = True
             log.error("workers: the fork server is gone (%s); stopping so that the gateway is started afresh", exc)
             self.on_lost()
             return
         finally:
-            writer.close()
-        worker = self._workers[index] = _Worker(pidfd, reader)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(reader.fileno(), self._receive, index, reader)
-        loop.add_reader(pidfd, self._exited, index, worker)
-
-    def _exited(self, index: int, worker: _Worker) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(worker.pidfd)
-        worker.exited.set()
-        self._ready.discard(index)
-        if self._stopping:
-            return
-        log.error("workers: smtp worker %d exited; restarting", index)
-        loop.call_later(RESTART_DELAY, self._restart, index, worker)
-
-    def _restart(self, index: int, worker: _Worker) -> None:
-        if self._stopping:  # stop() closes it
-            return
-        self._close(worker)
-        self._fork(index)
-
-    def _close(self, worker: _Worker) -> None:
-        """Apply what the worker sent last before it exited, then close its pipe and pidfd."""
-        with contextlib.suppress(OSError):
-            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
-        try:
-            while worker.conn.poll():
-                self._handle(-1, worker.conn.recv())
-        except (EOFError, OSError):
-            pass
-        worker.conn.close()
-        with contextlib.suppress(OSError):
-            os.close(worker.pidfd)
+            child.close()
+        self._procs[index] = (proc, parent)
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
 
     def _receive(self, index: int, conn: Connection) -> None:
         try:
@@ -268,26 +231,45 @@ class WorkerPool:
             elif name in APPLICABLE:
                 getattr(self.metrics, name)(*args)
 
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            for index, (proc, conn) in list(self._procs.items()):
+                if proc.is_alive() or self._stopping:
+                    continue
+                log.error("workers: smtp worker %d exited; restarting", index)  # the fork server logs its status
+                self._ready.discard(index)
+                conn.close()
+                proc.close()
+                self._spawn(index)
+
     @property
     def healthy(self) -> bool:
-        return len(self._ready) == self.count and not any(w.exited.is_set() for w in self._workers.values())
+        return len(self._ready) == self.count and all(p.is_alive() for p, _ in self._procs.values())
 
     def signal_all(self, signum: int) -> None:
-        for worker in self._workers.values():
-            if not worker.exited.is_set():
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(worker.pidfd, signum)
+        for proc, _ in self._procs.values():
+            if proc.is_alive():
+                proc.send_signal(signum)
 
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its sessions), wait for them, then let the fork server go."""
         self._stopping = True
+        if self._watch:
+            self._watch.cancel()
         self.signal_all(signal.SIGTERM)
-        for worker in self._workers.values():
+        loop = asyncio.get_running_loop()
+        for proc, conn in self._procs.values():
+            await loop.run_in_executor(None, proc.join, self.config.smtp.data_timeout + 5)
+            if proc.is_alive():
+                proc.kill()
+            loop.remove_reader(conn.fileno())
+            # Apply what the worker sent last before it exited.
             try:
-                await asyncio.wait_for(worker.exited.wait(), self.config.smtp.data_timeout + 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
-                await worker.exited.wait()
-            self._close(worker)
-        await asyncio.to_thread(self._server.close)
+                while conn.poll():
+                    self._handle(-1, conn.recv())
+            except (EOFError, OSError):
+                pass
+            conn.close()
+            proc.close()
+        await loop.run_in_executor(None, self._server.close)
