@@ -29,9 +29,9 @@ class Memory:
         return Memory(self.pss + other.pss, self.rss + other.rss, self.uss + other.uss)
 
     @property
-    def pss_mb(self) -> float:
-        """PSS in MB (10^6 bytes), the unit the figures are quoted in."""
-        return self.pss * 1024 / 1e6
+    def pss_mib(self) -> float:
+        """PSS in MiB, the unit the figures are quoted in."""
+        return self.pss / 1024
 
 
 def process_memory(pid: int) -> Memory:
@@ -77,36 +77,43 @@ def command_name(pid: int) -> str:
         return "?"
 
 
-class PeakSampler:
-    """Samples a tree's total PSS in the background and keeps the peak.
+class TreeSampler:
+    """PSS of a process tree: once at construction (idle), then the peak while sampling.
 
-    Use as ``async with PeakSampler(pid) as peak: ...`` and read
-    ``peak.peak`` (a :class:`Memory`) afterwards.
+    ``TreeSampler(pid)`` reads the idle figure; ``start()`` samples in the
+    background every ``interval`` seconds; ``await stop()`` returns the
+    figures in MiB. With ``pid`` None it does nothing and returns None, so a
+    caller need not tell the targets it measures from those it does not.
     """
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    def __init__(self, pid: int | None, interval: float = 0.2) -> None:
         self.pid = pid
         self.interval = interval
+        self.idle = total(tree_memory(pid)) if pid else Memory()
         self.peak = Memory()
         self._task: asyncio.Task[None] | None = None
 
-    async def _run(self) -> None:
-        while True:
-            now = total(await asyncio.to_thread(tree_memory, self.pid))
-            if now.pss > self.peak.pss:
-                self.peak = now
-            await asyncio.sleep(self.interval)
+    def start(self) -> None:
+        if self.pid:
+            self._task = asyncio.create_task(self._run())
 
-    async def __aenter__(self) -> PeakSampler:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        # One last sample: the tree as the load left it.
+    async def _sample(self) -> None:
+        assert self.pid
         now = total(await asyncio.to_thread(tree_memory, self.pid))
         if now.pss > self.peak.pss:
             self.peak = now
+
+    async def _run(self) -> None:
+        while True:
+            await self._sample()
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> dict[str, float] | None:
+        """``{"idle_pss_mib": ..., "peak_pss_mib": ...}``, or None without a pid."""
+        if self._task is None:
+            return None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._sample()  # the tree as the load left it
+        return {"idle_pss_mib": round(self.idle.pss_mib, 1), "peak_pss_mib": round(self.peak.pss_mib, 1)}

@@ -38,6 +38,8 @@ class Row:
     """Authentication verdicts the gateway recorded (warm-up included); None for other targets."""
     dns_queries: int | None = None
     """Queries the DNS stub answered during the measured phase (warm cache: few); None if not tracked."""
+    memory: dict[str, float] | None = None
+    """The gateway's process tree, PSS in MiB: idle after start, and the peak while measuring; None if not read."""
 
     @property
     def total_accepted(self) -> int:
@@ -61,6 +63,8 @@ class Row:
             out["auth_results"] = self.auth
         if self.dns_queries is not None:
             out["dns_queries"] = self.dns_queries
+        if self.memory is not None:
+            out["memory"] = self.memory
         return out
 
 
@@ -185,6 +189,11 @@ def format_report(rows: Sequence[Row], connections: int, legend: Mapping[str, st
         parts += ["", "authentication verdicts from the gateway's /metrics (sesmail_auth_results_total, "
                       "warm-up included):"]
         parts += [f"  {auth_summary(row)}" for row in auth_rows]
+    if memory_rows := [row for row in rows if row.memory is not None]:
+        parts += ["", "memory of the gateway's process tree (PSS from /proc/*/smaps_rollup, daemon and every process "
+                      "below it):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {row.memory['idle_pss_mib']:.1f} MiB idle, "
+                  f"{row.memory['peak_pss_mib']:.1f} MiB peak under load" for row in memory_rows]
     skipped = list(dict.fromkeys(f"{row.target} skipped: {row.skipped}" for row in rows if row.skipped))
     if skipped:
         parts += ["", *skipped]

@@ -18,7 +18,7 @@ import asyncio
 import json
 import sys
 
-from _memory import Memory, PeakSampler, command_name, total, tree_memory
+from _memory import Memory, TreeSampler, command_name, total, tree_memory
 from _smtpload import run_load
 from smtp_accept import GatewayTarget, prepare_workload, progress
 
@@ -27,12 +27,12 @@ IDLE_SETTLE = 3.0
 
 
 def table(title: str, tree: dict[int, Memory]) -> list[str]:
-    lines = [f"{title}:", f"  {'pid':>7}  {'process':<16} {'PSS MB':>8} {'RSS MB':>8} {'USS MB':>8}"]
-    for pid, mem in tree.items():
-        lines.append(f"  {pid:>7}  {command_name(pid):<16} {mem.pss / 1000:8.1f} {mem.rss / 1000:8.1f} "
-                     f"{mem.uss / 1000:8.1f}")
-    whole = total(tree)
-    lines.append(f"  {'':>7}  {'total':<16} {whole.pss / 1000:8.1f} {whole.rss / 1000:8.1f} {whole.uss / 1000:8.1f}")
+    """Per process and total, in MiB."""
+    lines = [f"{title}:", f"  {'pid':>7}  {'process':<16} {'PSS MiB':>8} {'RSS MiB':>8} {'USS MiB':>8}"]
+    for name, mem in [*((f"{pid:>7}  {command_name(pid):<16}", mem) for pid, mem in tree.items()),
+                      (f"{'':>7}  {'total':<16}", total(tree))]:
+        lines.append(f"  {name} {mem.pss / 1024:8.1f} {mem.rss / 1024:8.1f} "
+                     f"{mem.uss / 1024:8.1f}")
     return lines
 
 
@@ -45,18 +45,20 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         pid = target.proc.pid
         await asyncio.sleep(IDLE_SETTLE)
         idle = await asyncio.to_thread(tree_memory, pid)
-        progress(f"idle: {total(idle).pss / 1000:.1f} MB PSS over {len(idle)} processes; "
+        progress(f"idle: {total(idle).pss_mib:.1f} MiB PSS over {len(idle)} processes; "
                  f"sending {args.messages} messages")
-        async with PeakSampler(pid) as sampler:
-            result = await run_load(target.address, workload.message(args.size, True), args.connections,
-                                    args.messages)
-            loaded = await asyncio.to_thread(tree_memory, pid)
+        sampler = TreeSampler(pid)
+        sampler.start()
+        result = await run_load(target.address, workload.message(args.size, True), args.connections, args.messages)
+        loaded = await asyncio.to_thread(tree_memory, pid)
+        figures = await sampler.stop()
+        assert figures is not None
         print("\n".join(table("idle", idle) + table("end of load", loaded)))
-        print(f"peak under load: {sampler.peak.pss / 1000:.1f} MB PSS (total); "
+        print(f"peak under load: {figures['peak_pss_mib']:.1f} MiB PSS (total); "
               f"{result.accepted} accepted, {result.error_count} errors, {result.rate:.0f} msg/s")
-        return {"workers": args.workers, "idle_pss_kib": total(idle).pss, "peak_pss_kib": sampler.peak.pss,
-                "idle": {f"{command_name(p)}:{p}": m.pss for p, m in idle.items()},
-                "end_of_load": {f"{command_name(p)}:{p}": m.pss for p, m in loaded.items()},
+        return {"workers": args.workers, "idle_pss_mib": round(total(idle).pss_mib, 1), **figures,
+                "idle": {f"{command_name(p)}:{p}": round(m.pss_mib, 1) for p, m in idle.items()},
+                "end_of_load": {f"{command_name(p)}:{p}": round(m.pss_mib, 1) for p, m in loaded.items()},
                 "accepted": result.accepted, "errors": result.error_count}
     finally:
         target.stop()
