@@ -186,3 +186,23 @@ def test_06_a_killed_fork_server_stops_the_daemon_with_status_1_and_leaves_nothi
     assert gateway.proc.wait(30) == 1  # systemd's Restart=on-failure starts it afresh
     assert "the fork server is gone" in gateway.log()
     assert not alive([server, *workers])
+
+
+def test_07_a_second_daemon_on_the_same_data_dir_exits_2_and_its_fork_server_with_it(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    first = make_gateway({"smtp": {"workers": 2}})
+    second = make_gateway({"smtp": {"workers": 2}}, subdir="second", start=False)
+    second.config.write_text(second.config.read_text().replace(str(second.data_dir), str(first.data_dir)))
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 2
+    lines = second.log().strip().splitlines()
+    assert len(lines) == 1 and "is in use by another sesmail-gateway" in lines[0]
+
+    def left_behind() -> list[str]:  # the fork server runs the daemon's command line
+        return subprocess.run(["pgrep", "-f", str(second.config)], capture_output=True, text=True).stdout.split()
+
+    wait_for(lambda: not left_behind())
+    send(first.port, 2, "still here")
+    first.wait_delivered(2)
