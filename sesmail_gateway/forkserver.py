@@ -1,7 +1,7 @@
 """A fork server: child processes forked from a process that has everything imported.
 
 A fresh interpreter per SMTP worker (multiprocessing's ``spawn``) imports
-everything again, about 55 MB each. A forked child shares its parent's
+everything again, about 50 MiB each. A forked child shares its parent's
 pages until it writes to them, so N workers cost little more than one. But
 the daemon cannot fork once it runs threads (the runner's pool, /metrics)
 and an event loop: a lock another thread held at the fork stays locked in
@@ -17,13 +17,13 @@ server dies, so a worker drains its sessions. The server blocks SIGTERM,
 SIGINT and SIGHUP: the daemon handles those for the whole tree (systemd
 sends SIGTERM to every process of the unit). If the server dies anyway,
 nothing can be forked any more: ``fork`` raises OSError and the daemon
-stops, for the service manager to start it afresh.
+stops with exit status 1, for the service manager to start it afresh.
 
-Protocol, over a ``socketpair(SOCK_SEQPACKET)``: the daemon sends the child's
-index with one file descriptor for the child (SCM_RIGHTS); the server
-answers with the new child's pid and a pidfd of it, which the daemon polls
-for its exit and signals without a race against pid reuse. The server reaps its children
-and logs an exit status that is not 0.
+Protocol, over a ``socketpair(SOCK_SEQPACKET)``: the daemon sends the
+child's index with one file descriptor for the child (SCM_RIGHTS); the
+server answers with the new child's pid and a pidfd of it, which the daemon
+polls for its exit and signals without a race against pid reuse. The
+server reaps its children and logs an exit status that is not 0.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,7 @@ def set_name(name: str) -> None:
 
 
 class ForkServer:
-    """The daemon's end: ask for a child, get its pidfd."""
+    """The daemon's end: ask for a child, get a :class:`Child`."""
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
@@ -111,11 +112,17 @@ class ForkServer:
             raise ConnectionResetError("fork server: gone")
         return Child(int(reply), fds[0])
 
-    def close(self) -> None:
-        """Let the server exit (its children should be gone by now) and reap it."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Let the server exit (its children should be gone by now) and reap it; blocks."""
         self._sock.close()
+        deadline = time.monotonic() + timeout
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    return
+                time.sleep(0.02)
 
 
 class Child:
@@ -159,8 +166,9 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
         return
     # Blocked, not ignored: a signal sent to a child before it sets its own handlers waits for them.
     signal.pthread_sigmask(signal.SIG_BLOCK, TREE_SIGNALS)
-    children: dict[int, int] = {}
+    children: dict[int, str] = {}
     signal.signal(signal.SIGCHLD, lambda *_: _reap(children))
+    server = os.getpid()
     sock.settimeout(None)
     while True:
         request, fds, _, _ = socket.recv_fds(sock, 16, 1)
@@ -172,10 +180,10 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            os._exit(_child(sock, index, fds[0], child_main, f"{child_name}-{index}"))
+            os._exit(_child(sock, server, index, fds[0], child_main, f"{child_name}-{index}"))
         for fd in fds:
             os.close(fd)
-        children[pid] = index
+        children[pid] = f"{child_name}-{index}"
         pidfd = os.pidfd_open(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         try:
@@ -184,10 +192,9 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
             os.close(pidfd)
 
 
-def _child(sock: socket.socket, index: int, fd: int, child_main: ChildMain, name: str) -> int:
+def _child(sock: socket.socket, server: int, index: int, fd: int, child_main: ChildMain, name: str) -> int:
     try:
         sock.close()
-        server = os.getppid()
         # Until the child sets its own handlers, SIGTERM ends it (it has accepted nothing yet); SIGHUP
         # (re-read the rules: it is reading them now) and SIGINT (the daemon's to decide) do nothing.
         for signum in (signal.SIGTERM, signal.SIGCHLD):
@@ -210,7 +217,7 @@ def _child(sock: socket.socket, index: int, fd: int, child_main: ChildMain, name
             sys.stderr.flush()
 
 
-def _reap(children: dict[int, int]) -> None:
+def _reap(children: dict[int, str]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -218,7 +225,7 @@ def _reap(children: dict[int, int]) -> None:
             return
         if pid == 0:
             return
-        index = children.pop(pid, -1)
+        name = children.pop(pid, "child")
         code = os.waitstatus_to_exitcode(status)
         if code:
-            log.error("workers: smtp worker %d (pid %d) exited with %d", index, pid, code)
+            log.error("workers: %s (pid %d) exited with %d", name, pid, code)
