@@ -66,16 +66,28 @@ def durable_rename(src: Path, dst: Path) -> None:
 def link_or_copy(src: Path, dst: Path, *, sync: bool) -> None:
     """Give ``dst`` the contents of ``src``: a hard link where possible, else a copy.
 
-    An existing ``dst`` is left as it is (a retry after a crash).
+    An existing ``dst`` that is ``src`` itself (a retry in the same life)
+    is left as it is. Any other existing ``dst`` is replaced atomically:
+    after a power cut its name may be durable while its data never was
+    (an empty file), so it proves nothing about an earlier attempt.
     """
     try:
         os.link(src, dst)
     except FileExistsError:
-        return
+        if os.path.samefile(src, dst):
+            return
+        staged = dst.with_name(f".{dst.name}.replace")
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        try:
+            os.link(src, staged)
+        except OSError:
+            write_file(staged, src.read_bytes(), mode=0o600, sync=sync)
+        os.replace(staged, dst)
     except OSError:  # another filesystem, or links not allowed: copy
         tmp = dst.with_name(f".{dst.name}.tmp")
         write_file(tmp, src.read_bytes(), mode=0o600, sync=sync)
-        os.replace(tmp, dst)
+        os.replace(tmp, dst)  # whatever stood there before
     if sync:
         fsync_dir(dst.parent)
 

@@ -171,14 +171,8 @@ def cut_power(gateway: Gateway, fs: PowerLossFS) -> dict[str, object]:
     return report
 
 
-# With two SMTP workers a mid-stream cut still loses acknowledged messages now and then (about one
-# run in three here, at one of twelve cuts); the hole is open in the queue rebuild (issue 11).
-TWO_WORKERS_OPEN = pytest.mark.xfail(reason="two workers: a mid-stream cut can still lose acknowledged mail",
-                                     strict=False)
-
-
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=TWO_WORKERS_OPEN)])
+@pytest.mark.parametrize("workers", [1, 2])
 def test_01_power_cuts_lose_no_acknowledged_message(
         powerfs: PowerLossFS, make_gateway: Callable[..., Gateway], workers: int) -> None:
     seed = int(os.environ.get("POWERLOSS_SEED", random.randrange(1 << 32)))

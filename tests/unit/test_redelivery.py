@@ -1,0 +1,78 @@
+"""A delivery repeated after a power cut: a name that survived without its data proves nothing.
+
+Maildir and folder-archive file names are derived from the queue id, so a
+retry finds the copy an earlier attempt left. After a power cut that copy's
+name can be durable while its data never reached the disk (an empty file);
+the retry must replace it, not take it as delivered. The power-loss
+scenario in tests/powerloss lost mail this way with two SMTP workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sesmail_gateway.archive.local import FolderArchiver
+from sesmail_gateway.deliver.maildir import MaildirDeliverer
+from sesmail_gateway.fsutil import PendingSyncs, link_or_copy
+from sesmail_gateway.message import Delivery, QueueItem, StoredMessage
+
+BODY = b"From: a@example.test\r\nSubject: once\r\n\r\nbody\r\n"
+
+
+def stored(tmp_path: Path) -> StoredMessage:
+    path = tmp_path / "spool" / "message.eml"
+    path.parent.mkdir()
+    path.write_bytes(BODY)
+    return StoredMessage(path=path, size=len(BODY))
+
+
+def test_an_existing_link_to_the_same_file_is_kept(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(BODY)
+    dst = tmp_path / "dst"
+    os.link(src, dst)
+    before = dst.stat().st_ino
+    link_or_copy(src, dst, sync=True)
+    assert dst.stat().st_ino == before and dst.read_bytes() == BODY
+
+
+def test_an_existing_empty_file_of_that_name_is_replaced(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(BODY)
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"")  # the name survived the cut, the data did not
+    link_or_copy(src, dst, sync=False)
+    assert dst.read_bytes() == BODY
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # nothing staged left behind
+
+
+def test_maildir_redelivery_replaces_a_copy_left_empty_by_a_power_cut(tmp_path: Path) -> None:
+    message = stored(tmp_path)
+    item = QueueItem(id="0000000000001000010001", sender="a@example.test", recipients=[],
+                     created=1_700_000_000.0)
+    delivery = Delivery(action="maildir", target="mail", recipients=["r@example.test"])
+    deliverer = MaildirDeliverer(tmp_path, syncs=PendingSyncs())
+    deliverer.deliver(item, delivery, message)
+    [copy] = (tmp_path / "mail" / "new").iterdir()
+    # The power cut: the spool folder comes back from the journal (a new file), the Maildir name empty.
+    copy.unlink()
+    copy.write_bytes(b"")
+    message.path.unlink()
+    message.path.write_bytes(BODY)
+    delivery.attempts = 1
+    deliverer.deliver(item, delivery, message)
+    assert [p.read_bytes() for p in (tmp_path / "mail" / "new").iterdir()] == [BODY]
+
+
+def test_archive_rewrite_replaces_a_copy_left_empty_by_a_power_cut(tmp_path: Path) -> None:
+    message = stored(tmp_path)
+    item = QueueItem(id="0000000000001000010002", sender="a@example.test", recipients=[],
+                     created=1_700_000_000.0)
+    archiver = FolderArchiver(tmp_path / "archive", syncs=PendingSyncs())
+    path = Path(archiver.archive(item, message))
+    path.unlink()
+    path.write_bytes(b"")
+    message.path.unlink()
+    message.path.write_bytes(BODY)
+    assert Path(archiver.archive(item, message)).read_bytes() == BODY
