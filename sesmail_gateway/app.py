@@ -151,8 +151,8 @@ class Gateway:
                                      scanning=build_scanning(config, observe=self.metrics.scan_result))
             self.smtp = SMTPServer(config, handler)
         else:
-            self.pool = WorkerPool(config, forks or Forks.start(config), self.metrics, on_queued=self.runner.notify,
-                                   on_lost=self.request_stop)
+            self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
+                                   forks=forks or Forks.start(config), on_lost=self.request_stop)
         self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None

@@ -161,7 +161,7 @@ class WorkerPool:
     to start it afresh.
     """
 
-    def __init__(self, config: Config, forks: Forks, metrics: Metrics, on_queued: Callable[[str], None],
+    def __init__(self, config: Config, metrics: Metrics, on_queued: Callable[[str], None], *, forks: Forks,
                  on_lost: Callable[[], None]) -> None:
         self.config = config
         self.metrics = metrics
