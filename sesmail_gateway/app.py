@@ -151,6 +151,7 @@ class Gateway:
                                      scanning=build_scanning(config, observe=self.metrics.scan_result))
             self.smtp = SMTPServer(config, handler)
         else:
+            # serve() forks the fork server before anything is open; one forked here would inherit the lock.
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
                                    forks=forks or Forks.start(config), on_lost=self.request_stop)
         self.cloudwatch: CloudWatchPublisher | None = None

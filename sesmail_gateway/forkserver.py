@@ -13,7 +13,9 @@ shared objects (and so copying their pages).
 
 Lifetimes: the server gets SIGKILL when the daemon dies (PR_SET_PDEATHSIG;
 it also exits when its socket closes); each child gets SIGTERM when the
-server dies, so a worker drains its sessions. The server blocks SIGTERM,
+server dies, so a worker drains its sessions and exits. A worker left
+behind would go on accepting mail that no runner delivers, and would share
+the port with the next start's workers. The server blocks SIGTERM,
 SIGINT and SIGHUP: the daemon handles those for the whole tree (systemd
 sends SIGTERM to every process of the unit). If the server dies anyway,
 nothing can be forked any more: ``fork`` raises OSError and the daemon

@@ -120,7 +120,7 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
             await asyncio.sleep(FLUSH_SECONDS)
             with contextlib.suppress(OSError):  # a broken pipe: the main process is gone
                 relay.flush()
-            if os.getppid() != parent:  # the main process is gone (where PDEATHSIG is not to be had)
+            if os.getppid() != parent:  # the fork server, and so the main process, is gone (no PDEATHSIG)
                 log.error("workers: main process gone; smtp worker %d stopping", index)
                 stop.set()
                 return

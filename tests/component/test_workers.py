@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from sesmail_gateway.smtp.limits import SharedLimits
 from tests.conftest import Gateway, wait_for
 
@@ -206,3 +208,25 @@ def test_07_a_second_daemon_on_the_same_data_dir_exits_2_and_its_fork_server_wit
     wait_for(lambda: not left_behind())
     send(first.port, 2, "still here")
     first.wait_delivered(2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_08_a_signal_to_every_process_of_the_tree_is_handled_by_the_daemon(
+    make_gateway: Callable[..., Gateway], signum: int,
+) -> None:
+    """systemd sends SIGTERM to every process of the unit, a terminal sends ^C to the whole process group."""
+    gateway = make_gateway({"smtp": {"workers": 2}})
+    server, workers = wait_for(lambda: fork_tree(gateway))
+    assert gateway.proc is not None
+    for pid in [gateway.proc.pid, server, *workers]:
+        os.kill(pid, signum)
+    if signum == signal.SIGHUP:  # a reload: nobody dies, mail still flows
+        wait_for(lambda: "reload:" in gateway.log())
+        send(gateway.port, 2, "after reload")
+        gateway.wait_delivered(2)
+        assert fork_tree(gateway) == (server, workers)
+        return
+    assert gateway.proc.wait(30) == 0
+    assert not alive([server, *workers])
+    assert "exited with" not in gateway.log()  # every worker ended by draining, none by the signal itself
+    assert "Traceback" not in gateway.log()
