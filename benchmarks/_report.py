@@ -1,4 +1,4 @@
-"""Results of the accept benchmark: rows, the text table, ratios, auth verdicts, and JSON."""
+"""Results of the accept benchmark: rows, the text table, ratios, auth verdicts, server figures, and JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from _maildir import Drained
+from _procstat import DURABILITY_CALLS, SyscallCount, top_calls
 from _smtpload import Result
 
 AUTH_METHODS = ("dkim", "spf", "dmarc")
@@ -15,9 +17,20 @@ AUTH_METHODS = ("dkim", "spf", "dmarc")
 RATIO_PAIRS = (
     ("checks cost", "gateway+checks", "gateway"),
     ("checks vs postfix", "gateway+checks", "postfix"),
+    ("checks vs postfix+maildir", "gateway+checks", "postfix+maildir"),
+    ("checks vs bare", "gateway+checks", "bare"),
     ("gateway vs bare", "gateway", "bare"),
 )
 """(title, numerator target, denominator target) -- printed when both rows exist."""
+
+RATE_TARGETS = (
+    ("gateway+checks", "bare", 4096, 0.75),
+    ("gateway+checks", "postfix+maildir", 4096, 1.0),
+    ("gateway+checks", "postfix+maildir", 102400, 1.0),
+)
+"""(numerator, denominator, size, least msg/s ratio): the accept-rate targets of the performance work."""
+P99_TARGETS = (("gateway+checks", 4096, 50.0),)
+"""(target, size, most p99 ms): the latency target of the performance work."""
 
 AuthCounts = dict[str, dict[str, int]]
 """method -> result -> count, as scraped from ``sesmail_auth_results_total``."""
@@ -38,6 +51,14 @@ class Row:
     """Authentication verdicts the gateway recorded (warm-up included); None for other targets."""
     dns_queries: int | None = None
     """Queries the DNS stub answered during the measured phase (warm cache: few); None if not tracked."""
+    delivered: Drained | None = None
+    """Messages in the server's Maildir when the phase ended, and how long after the last 250."""
+    cpu: dict[str, float] | None = None
+    """CPU seconds of the server's processes in the measured phase, per process group."""
+    processes: dict[str, int] | None = None
+    """The server's processes per group at the end of the phase."""
+    syscalls: dict[str, SyscallCount] | None = None
+    """``strace -c -f`` counts over the server's processes in the measured phase (``--strace``)."""
     memory: dict[str, float] | None = None
     """The gateway's process tree, PSS in MiB: idle after start, and the peak while measuring; None if not read."""
 
@@ -63,9 +84,21 @@ class Row:
             out["auth_results"] = self.auth
         if self.dns_queries is not None:
             out["dns_queries"] = self.dns_queries
+        if self.delivered is not None:
+            out["maildir"] = {"messages": self.delivered.count, "seconds_after_last_250": round(self.delivered.seconds, 2)}
+        if self.cpu is not None and (per := self.per_message(self.cpu, 1000.0)):
+            out["cpu_ms_per_message"] = {group: round(ms, 4) for group, ms in per.items()}
+            out["processes"] = self.processes
+        if self.syscalls is not None and (per := self.per_message({k: v.calls for k, v in self.syscalls.items()})):
+            out["syscalls_per_message"] = {name: round(n, 3) for name, n in sorted(per.items(), key=lambda i: -i[1])}
         if self.memory is not None:
             out["memory"] = self.memory
         return out
+
+    def per_message(self, totals: Mapping[str, float], scale: float = 1.0) -> dict[str, float]:
+        """``totals`` times ``scale`` divided by the measured accepted messages; empty when none was accepted."""
+        accepted = self.result.accepted if self.result else 0
+        return {key: value * scale / accepted for key, value in totals.items()} if accepted else {}
 
 
 def _finite(value: float) -> float | None:
@@ -185,10 +218,12 @@ def format_report(rows: Sequence[Row], connections: int, legend: Mapping[str, st
     parts += ["", format_table(rows)]
     if ratio_rows := ratios(rows):
         parts += ["", *format_ratios(ratio_rows)]
+    parts += format_targets(rows)
     if auth_rows := [row for row in rows if row.auth is not None]:
         parts += ["", "authentication verdicts from the gateway's /metrics (sesmail_auth_results_total, "
                       "warm-up included):"]
         parts += [f"  {auth_summary(row)}" for row in auth_rows]
+    parts += format_server_figures(rows)
     if memory_rows := [row for row in rows if row.memory is not None]:
         parts += ["", "memory of the gateway's process tree (PSS from /proc/*/smaps_rollup, daemon and every process "
                       "below it):"]
@@ -204,3 +239,68 @@ def format_report(rows: Sequence[Row], connections: int, legend: Mapping[str, st
         parts += [f"  {row.target} {size_label(row.size)}: {kind} x{n}" for row, kind, n in errors]
         parts += [f"  {row.target} {size_label(row.size)} (warm-up): {kind} x{n}" for row, kind, n in warm]
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- server figures
+
+
+def format_server_figures(rows: Sequence[Row]) -> list[str]:
+    """Maildir deliveries, CPU per message per process group, and system calls per message, when measured."""
+    parts: list[str] = []
+    if delivered := [row for row in rows if row.delivered is not None]:
+        parts += ["", "Maildir after the measured phase (every accepted message, warm-up included, must be there):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {row.delivered.count}/{row.total_accepted} messages, "
+                  f"complete {row.delivered.seconds:.1f} s after the last 250" for row in delivered if row.delivered]
+    if cpu_rows := [row for row in rows if row.cpu is not None and row.result and row.result.accepted]:
+        parts += ["", "CPU ms per accepted message (utime+stime from /proc/<pid>/stat of the server's process "
+                      "tree, measured phase until its Maildir was complete):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {cpu_line(row)}" for row in cpu_rows]
+    if sys_rows := [row for row in rows if row.syscalls is not None and row.result and row.result.accepted]:
+        parts += ["", "system calls per accepted message (strace -c -f attached to every process of the server "
+                      "for the measured phase; ptrace slows every call, so these rows' rate and CPU are not "
+                      "comparable with an untraced run):"]
+        for row in sys_rows:
+            parts += [f"  {row.target} {size_label(row.size)}:", *(f"    {line}" for line in syscall_lines(row))]
+    return parts
+
+
+def cpu_line(row: Row) -> str:
+    """``main 0.41, workers 1.20 (2 processes), total 1.61`` -- the largest group first."""
+    assert row.cpu is not None
+    per = row.per_message(row.cpu, 1000.0)
+    processes = row.processes or {}
+    cells = []
+    for group, ms in sorted(per.items(), key=lambda item: -item[1]):
+        count = processes.get(group, 0)
+        note = f" ({count} processes)" if count > 1 else ""
+        cells.append(f"{group} {ms:.3f}{note}")
+    return ", ".join(cells) + f"; total {sum(per.values()):.3f}"
+
+
+def syscall_lines(row: Row) -> list[str]:
+    """The total per message, the ten most frequent calls, and the durability calls, per message."""
+    assert row.syscalls is not None and row.result is not None
+    accepted = row.result.accepted
+    total = sum(count.calls for count in row.syscalls.values())
+    top = ", ".join(f"{name} {calls / accepted:.1f}" for name, calls in top_calls(row.syscalls, 10))
+    durable = ", ".join(f"{name} {row.syscalls[name].calls / accepted:.2f}" for name in DURABILITY_CALLS
+                        if name in row.syscalls)
+    return [f"total {total / accepted:.1f}", f"top 10: {top}", f"durability: {durable or 'none'}"]
+
+
+def format_targets(rows: Sequence[Row]) -> list[str]:
+    """Each performance target that this run measured, with the figure and whether it is met."""
+    by_key = {(row.target, row.size): row.result for row in rows if row.result is not None and not row.failure}
+    lines = []
+    for top, bottom, size, least in RATE_TARGETS:
+        num, den = by_key.get((top, size)), by_key.get((bottom, size))
+        if num is not None and den is not None and den.rate > 0:
+            ratio = num.rate / den.rate
+            lines.append(f"  {top} / {bottom} msg/s at {size_label(size)} >= {least:.2f}: {ratio:.3f}"
+                         f"{'' if ratio >= least else '  NOT MET'}")
+    for target, size, most in P99_TARGETS:
+        if (res := by_key.get((target, size))) is not None and res.accepted:
+            p99 = res.percentile_ms(99)
+            lines.append(f"  {target} p99 at {size_label(size)} <= {most:.0f} ms: {p99:.2f} ms"
+                         f"{'' if p99 <= most else '  NOT MET'}")
+    return ["", "performance targets:", *lines] if lines else []

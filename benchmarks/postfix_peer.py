@@ -1,4 +1,4 @@
-"""A private Postfix instance on a loopback port that accepts mail and discards it: the benchmark's peer.
+"""A private Postfix instance on a loopback port that accepts mail and discards it or delivers it to a Maildir.
 
 This is Debian's stock ``postfix`` (smtpd, cleanup, qmgr, ...) with its own
 ``config_directory``, ``queue_directory`` and ``data_directory`` under one temp
@@ -6,8 +6,16 @@ dir, so it never touches ``/etc/postfix`` or the system queue.  It listens on
 ``127.0.0.1:PORT`` only, accepts mail for the benchmark's recipient domain
 with no checks at all (no SPF/DKIM/DMARC, no RBLs, no reverse lookups), makes
 every message durable in its queue before the ``250`` as Postfix always does,
-and then "delivers" everything to the ``discard:`` transport.  Nothing can be
-relayed anywhere: every transport is ``discard``.
+and then, by ``delivery``:
+
+* ``"discard"`` -- "delivers" everything to the ``discard:`` transport;
+* ``"maildir"`` -- delivers the benchmark domain through ``virtual(8)`` into
+  one catch-all Maildir, :attr:`PostfixPeer.maildir` (``virtual_mailbox_base``
+  under the temp dir, owned by ``nobody``), as the gateway's local default
+  delivers into its catch-all Maildir.  Postfix's fsync behaviour is left at
+  its default: the queue file and each Maildir file are fsynced.
+
+Nothing can be relayed anywhere: every other transport is ``discard``.
 
 Use it from Python::
 
@@ -17,7 +25,7 @@ Use it from Python::
 
 or from a shell (starts it, prints the address, runs until Ctrl-C/SIGTERM)::
 
-    sudo .venv/bin/python benchmarks/postfix_peer.py [--port 2526] [--domain bench.test]
+    sudo .venv/bin/python benchmarks/postfix_peer.py [--port 2526] [--domain bench.test] [--delivery maildir]
 
 Postfix's master must be started as root.  When ``postfix`` is not installed
 (``apt-get install postfix``; choose "No configuration") or we are not root,
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -61,18 +70,16 @@ inet_interfaces = loopback-only
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 mydestination =
-relay_domains = {domain}
 relay_recipient_maps =
 local_recipient_maps =
 alias_maps =
 alias_database =
-# Everything goes to the discard transport: nothing ever leaves this host.
+# Everything else goes to the discard transport: nothing ever leaves this host.
 default_transport = discard:
 relay_transport = discard:
 local_transport = discard:
-virtual_transport = discard:
 transport_maps =
-fast_flush_domains =
+{delivery}fast_flush_domains =
 # Minimal restrictions, no checks: this is the "no checks at all" peer.
 smtpd_client_restrictions =
 smtpd_helo_restrictions =
@@ -100,6 +107,30 @@ maillog_file = {log}
 maillog_file_prefixes = {root}
 """
 
+DISCARD_CF = """\
+relay_domains = {domain}
+virtual_transport = discard:
+"""
+
+MAILDIR_CF = """\
+# The benchmark domain is a virtual mailbox domain: virtual(8) delivers every
+# recipient (catch-all "@domain") into one Maildir (the trailing slash).
+relay_domains =
+virtual_mailbox_domains = {domain}
+virtual_transport = virtual
+virtual_mailbox_base = {mail}
+virtual_mailbox_maps = texthash:{config}/virtual_mailboxes
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_minimum_uid = 100
+# Per Maildir file; virtual(8) refuses to start if it is below message_size_limit.
+virtual_mailbox_limit = $message_size_limit
+"""
+
+DELIVERIES = ("discard", "maildir")
+MAILBOX_OWNER = "nobody"
+"""The unprivileged user virtual(8) delivers as (it refuses uids below virtual_minimum_uid)."""
+
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
 {listen} inet n       -       n       -       -       smtpd
@@ -112,6 +143,7 @@ trace     unix  -       -       n       -       0       bounce
 error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
@@ -197,10 +229,14 @@ class PostfixPeer:
     manager calls it on any exit, including ``KeyboardInterrupt``.
     """
 
-    def __init__(self, port: int = 0, domain: str = "bench.test", in_flow_delay: str = "0s") -> None:
+    def __init__(self, port: int = 0, domain: str = "bench.test", in_flow_delay: str = "0s",
+                 delivery: str = "discard") -> None:
+        if delivery not in DELIVERIES:
+            raise PostfixError(f"delivery must be one of {', '.join(DELIVERIES)}, not {delivery!r}")
         self.port = port or free_port()
         self.domain = domain
         self.in_flow_delay = in_flow_delay
+        self.delivery = delivery
         self.postfix = find_postfix() or "postfix"
         self.root: Path | None = None
         self.master_pid: int | None = None
@@ -221,6 +257,11 @@ class PostfixPeer:
     def log_path(self) -> Path:
         """``<root>/postfix.log``: the instance's ``maillog_file``."""
         return self._root() / "postfix.log"
+
+    @property
+    def maildir(self) -> Path:
+        """``<root>/mail/<domain>/``: the catch-all Maildir of ``delivery="maildir"``."""
+        return self._root() / "mail" / self.domain
 
     def _root(self) -> Path:
         if self.root is None:
@@ -243,10 +284,23 @@ class PostfixPeer:
         (self.config_dir / "main.cf").write_text(MAIN_CF.format(
             config=self.config_dir, queue=self.queue_dir, data=data_dir, domain=self.domain,
             log=self.log_path, root=self.root, in_flow_delay=self.in_flow_delay,
+            delivery=self._delivery_cf(),
         ))
         (self.config_dir / "master.cf").write_text(MASTER_CF.format(listen=f"{LOOPBACK}:{self.port}".ljust(9)))
         # post-install creates the queue subdirectories and data dir, owned by postfix, per postfix-files.
         self._postfix("set-permissions")
+
+    def _delivery_cf(self) -> str:
+        """The main.cf lines of the delivery mode; for a Maildir, also its base dir and mailbox map."""
+        if self.delivery == "discard":
+            return DISCARD_CF.format(domain=self.domain)
+        owner = pwd.getpwnam(MAILBOX_OWNER)
+        base = self._root() / "mail"
+        base.mkdir(mode=0o755)
+        os.chown(base, owner.pw_uid, owner.pw_gid)  # virtual(8) creates the Maildir as that user
+        (self.config_dir / "virtual_mailboxes").write_text(f"@{self.domain} {self.domain}/\n")
+        return MAILDIR_CF.format(domain=self.domain, mail=base, config=self.config_dir,
+                                 uid=owner.pw_uid, gid=owner.pw_gid)
 
     def start(self) -> None:
         """Set up (if needed), ``postfix -c DIR start``, and wait until smtpd greets with 220."""
@@ -349,11 +403,13 @@ class PostfixPeer:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a private instance until Ctrl-C or SIGTERM (or, with ``--check``, just prove it starts)."""
-    parser = argparse.ArgumentParser(description="private Postfix that discards all mail (127.0.0.1 only)")
+    parser = argparse.ArgumentParser(description="private Postfix that discards or stores all mail (127.0.0.1 only)")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--domain", default="bench.test", help="recipient domain to accept (default bench.test)")
     parser.add_argument("--in-flow-delay", default="0s",
                         help="Postfix in_flow_delay (default 0s: no arrival throttle; Postfix's own default is 1s)")
+    parser.add_argument("--delivery", choices=DELIVERIES, default="discard",
+                        help="discard: the discard: transport (default); maildir: virtual(8) into one Maildir")
     parser.add_argument("--check", action="store_true", help="start, print the banner, stop, exit")
     args = parser.parse_args(argv)
     if reason := unavailable_reason():
@@ -362,9 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # both unwind like Ctrl-C, through the with block
         signal.signal(sig, signal.default_int_handler)
     try:
-        with PostfixPeer(args.port, args.domain, args.in_flow_delay) as peer:
+        with PostfixPeer(args.port, args.domain, args.in_flow_delay, args.delivery) as peer:
             banner = read_banner(peer.port, 5.0).decode(errors="replace").strip()
-            print(f"postfix peer on {LOOPBACK}:{peer.port} ({peer.root}): {banner}", flush=True)
+            where = f"; mail in {peer.maildir}" if peer.delivery == "maildir" else ""
+            print(f"postfix peer on {LOOPBACK}:{peer.port} ({peer.root}{where}): {banner}", flush=True)
             if not args.check:
                 signal.pause()
     except PostfixError as exc:

@@ -5,7 +5,7 @@ p50/p99 accept latency -- from sending ``MAIL FROM`` to receiving the final
 ``250`` after the DATA terminator -- with the same load client (N concurrent
 connections, each reusing its session for many transactions).
 
-Targets (the default ``--mode all`` runs all four, per size, in one run):
+Targets (the default ``--mode all`` runs all five, per size, in one run):
 
 * ``bare`` -- ``benchmarks/discard_server.py`` (aiosmtpd, ``handle_DATA`` returns 250);
 * ``gateway`` -- ``python -m sesmail_gateway serve`` with a fresh data dir
@@ -25,8 +25,21 @@ Targets (the default ``--mode all`` runs all four, per size, in one run):
   unless ``--postfix-in-flow-delay`` says otherwise (Postfix's own 1 s
   arrival throttle would make it the weaker peer).  Skipped, with a hint,
   when Postfix is not installed or we are not root;
+* ``postfix+maildir`` -- the same private Postfix doing the gateway's work:
+  smtpd -> queue -> ``virtual(8)`` into one Maildir, Postfix's fsyncs at
+  their default; sent the same signed mail.  After the run every accepted
+  message must be a file in that Maildir, or the row fails;
 * ``--target HOST:PORT`` -- any SMTP server already listening on loopback
   (then only that one is measured; ``--checks`` sends it the signed mail).
+
+Every gateway row, too, fails unless every accepted message reached its
+Maildir within two minutes of the last 250.  For the gateway and Postfix
+rows the measured phase starts once the warm-up's messages are delivered and
+ends once the measured ones are; the report gives CPU ms per accepted
+message per process group (gateway: the main process with its runner, and
+the SMTP workers; Postfix: per daemon), and with ``--strace`` the system
+calls per accepted message (``strace -c -f`` attached for that phase only;
+it slows the server, so traced figures are not untraced rates).
 
 ``--mode basic`` runs bare + gateway; ``--mode checks`` (or ``--checks``)
 runs gateway + gateway+checks.  ``--scan rspamd`` runs gateway against
@@ -44,7 +57,7 @@ only; subprocesses, Postfix and temp dirs are cleaned up on exit, error,
 Ctrl-C or SIGTERM.  Run::
 
     .venv/bin/python benchmarks/smtp_accept.py [--mode all|basic|checks] [--connections 20]
-        [--sizes 4096,102400] [--messages N] [--workers N] [--json]
+        [--sizes 4096,102400] [--messages N] [--workers N] [--json] [--strace]
 """
 
 from __future__ import annotations
@@ -72,6 +85,7 @@ from typing import IO, Any
 import postfix_peer
 from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
 from _memory import TreeSampler
+from _phase import PhaseMeter, gateway_group
 from _report import AuthCounts, Row, all_verdicts_in, format_report, missing_passes, ratios, size_label
 from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
 
@@ -93,7 +107,7 @@ RSPAMD_WORKERS = os.cpu_count() or 1
 """rspamd normal workers for ``--scan rspamd`` (rspamd's own advice: one per core)."""
 
 MODES = {
-    "all": ("bare", "gateway", "gateway+checks", "postfix"),
+    "all": ("bare", "gateway", "gateway+checks", "postfix", "postfix+maildir"),
     "basic": ("bare", "gateway"),
     "checks": ("gateway", "gateway+checks"),
 }
@@ -102,6 +116,7 @@ LEGEND = {
     "gateway": "gateway, sender domain without auth records (spf/dkim/dmarc = none, NXDOMAIN lookups)",
     "gateway+checks": "gateway, DKIM-signed mail, SPF pass, DMARC p=reject enforced (all must pass)",
     "postfix": "Debian Postfix smtpd -> queue -> discard:, no checks, in_flow_delay {delay} (same signed mail)",
+    "postfix+maildir": "Debian Postfix smtpd -> queue -> virtual(8) into a Maildir, no checks, in_flow_delay {delay}",
     "gateway+rspamd": "gateway, plain mail, every message scanned by rspamd (/checkv2) before the 250",
     "external": "--target server, plain mail from sender.test",
     "external+signed": f"--target server, DKIM-signed mail from {SENDER_DOMAIN} (records only in our DNS stub)",
@@ -113,7 +128,10 @@ def legend(in_flow_delay: str) -> dict[str, str]:
     postfix = LEGEND["postfix"].format(delay=in_flow_delay)
     if version := postfix_peer.version():
         postfix = postfix.replace("Postfix", f"Postfix {version}", 1)
-    return {**LEGEND, "postfix": postfix}
+    maildir = LEGEND["postfix+maildir"].format(delay=in_flow_delay)
+    if version:
+        maildir = maildir.replace("Postfix", f"Postfix {version}", 1)
+    return {**LEGEND, "postfix": postfix, "postfix+maildir": maildir}
 
 
 class BenchError(Exception):
@@ -257,6 +275,9 @@ class Target:
 
     async def start(self) -> None:
         """Bring the server up (no-op for an external server)."""
+
+    async def before_load(self, row: Row) -> None:
+        """Hook run after the warm-up, just before the measurement (e.g. start sampling the server)."""
 
     async def after_load(self, row: Row) -> None:
         """Hook run after the measurement, before ``stop()``: collect server-side figures into ``row``."""
@@ -402,8 +423,11 @@ class GatewayTarget(SubprocessTarget):
     DKIM, SPF and DMARC, or the row fails.
     """
 
-    def __init__(self, dns_server: str, workers: int = 0, signed: bool = False, rspamd_url: str = "") -> None:
+    def __init__(self, dns_server: str, workers: int = 0, signed: bool = False, rspamd_url: str = "",
+                 strace: bool = False) -> None:
         super().__init__()
+        self.strace = strace
+        self.meter: PhaseMeter | None = None
         self.name = "gateway+checks" if signed else "gateway+rspamd" if rspamd_url else "gateway"
         self.rspamd_url = rspamd_url
         self.signed = signed
@@ -424,12 +448,27 @@ class GatewayTarget(SubprocessTarget):
             metrics=f"{LOOPBACK}:{self.metrics_address[1]}", workers=self.workers,
         ) + (f'\n[scan]\nrspamd_url = "{self.rspamd_url}"\n' if self.rspamd_url else ""))
 
+    def stop(self) -> None:
+        """Detach strace if it is still attached, then stop the gateway."""
+        if self.meter is not None:
+            self.meter.close()
+        super().stop()
+
     def command(self) -> list[str]:
         """Run the gateway's ``serve`` subcommand."""
         return [sys.executable, "-m", "sesmail_gateway", "serve", "--config", str(self.config_path)]
 
+    async def before_load(self, row: Row) -> None:
+        """Once the warm-up is delivered, sample the main process and its workers (and attach strace)."""
+        assert self.proc is not None and self.tmpdir is not None
+        self.meter = PhaseMeter(self.proc.pid, gateway_group(self.proc.pid), self.tmpdir / "data" / "mail",
+                                self.strace)
+        await self.meter.begin(row)
+
     async def after_load(self, row: Row) -> None:
         """Record the auth verdicts; for signed mail, fail the row unless all three checks passed every time."""
+        if self.meter is not None:
+            await self.meter.end(row)
         expected = row.total_accepted
         try:
             row.auth = await settled_auth_counts(self.metrics_address, expected)
@@ -507,16 +546,21 @@ async def settled_auth_counts(address: Address, expected: int) -> AuthCounts:
 
 
 class PostfixTarget(Target):
-    """A private Postfix instance (``postfix_peer.PostfixPeer``): smtpd -> queue -> discard, no checks."""
+    """A private Postfix instance (``postfix_peer.PostfixPeer``): smtpd -> queue -> discard or Maildir, no checks."""
 
     name = "postfix"
     signed = True
 
-    def __init__(self, domain: str = "bench.test", in_flow_delay: str = "0s") -> None:
+    def __init__(self, domain: str = "bench.test", in_flow_delay: str = "0s", delivery: str = "discard",
+                 strace: bool = False) -> None:
         super().__init__()
         self.domain = domain
         self.in_flow_delay = in_flow_delay
         self.peer: postfix_peer.PostfixPeer | None = None
+        self.delivery = delivery
+        self.name = "postfix+maildir" if delivery == "maildir" else "postfix"
+        self.strace = strace
+        self.meter: PhaseMeter | None = None
 
     def unavailable(self) -> str:
         """Why Postfix cannot run here (not installed, not root), with the install hint."""
@@ -524,15 +568,29 @@ class PostfixTarget(Target):
 
     async def start(self) -> None:
         """Set up and start the instance (blocking for a few seconds: nothing else runs meanwhile)."""
-        self.peer = postfix_peer.PostfixPeer(free_port(), self.domain, self.in_flow_delay)
+        self.peer = postfix_peer.PostfixPeer(free_port(), self.domain, self.in_flow_delay, self.delivery)
         self.address = (LOOPBACK, self.peer.port)
         try:
             self.peer.start()
         except postfix_peer.PostfixError as exc:
             raise BenchError(f"postfix: {exc}") from None
 
+    async def before_load(self, row: Row) -> None:
+        """Once the warm-up is delivered, sample every Postfix daemon by name (and attach strace)."""
+        assert self.peer is not None and self.peer.master_pid is not None
+        maildir = self.peer.maildir if self.delivery == "maildir" else None
+        self.meter = PhaseMeter(self.peer.master_pid, lambda p: p.comm, maildir, self.strace)
+        await self.meter.begin(row)
+
+    async def after_load(self, row: Row) -> None:
+        """With a Maildir, fail the row unless every accepted message reached it; take the figures."""
+        if self.meter is not None:
+            await self.meter.end(row)
+
     def stop(self) -> None:
         """``postfix stop`` and remove the temp dir."""
+        if self.meter is not None:
+            self.meter.close()
         if self.peer is not None:
             self.peer.stop()
             self.peer = None
@@ -565,6 +623,7 @@ async def measure(target: Target, message: MessageSource, count: int, connection
         if warmup:
             warm = await run_load(target.address, message, connections, warmup)
             row.warmup_accepted, row.warmup_errors = warm.accepted, dict(warm.errors)
+        await target.before_load(row)
         progress(f"{label}: sending {count} messages over {connections} connections")
         queries = dns.query_count() if dns else 0
         memory.start()
@@ -607,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=parse_address, metavar="HOST:PORT",
                         help="measure only this already-running SMTP server (loopback only)")
     parser.add_argument("--mode", choices=sorted(MODES), default="all",
-                        help="all: bare, gateway, gateway+checks, postfix (default); basic: bare, gateway; "
+                        help="all: bare, gateway, gateway+checks, postfix, postfix+maildir (default); basic: bare, gateway; "
                              "checks: gateway, gateway+checks")
     parser.add_argument("--checks", action="store_const", const="checks", dest="mode",
                         help="same as --mode checks (with --target: send it the DKIM-signed mail)")
@@ -623,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Postfix peer's in_flow_delay (default 0s: full speed; 1s is Postfix's stock throttle)")
     parser.add_argument("--scan", choices=["rspamd"],
                         help="measure gateway against gateway+rspamd (accept rate with scanning off and on)")
+    parser.add_argument("--strace", action="store_true",
+                        help="count the gateway's and Postfix's system calls per message (strace -c -f; slows them)")
     parser.add_argument("--workers", type=int, default=0,
                         help="gateway smtp.workers (default 0: one per core, the gateway's own default)")
     return parser
@@ -635,10 +696,13 @@ def make_targets(args: argparse.Namespace, workload: Workload) -> list[Target]:
         return [ExternalTarget(args.target, "external+signed" if signed else "external", signed)]
     factories: dict[str, Callable[[], Target]] = {
         "bare": DiscardTarget,
-        "gateway": lambda: GatewayTarget(workload.dns_server, args.workers),
-        "gateway+checks": lambda: GatewayTarget(workload.dns_server, args.workers, signed=True),
-        "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay),
-        "gateway+rspamd": lambda: GatewayTarget(workload.dns_server, args.workers, rspamd_url=args.rspamd_url),
+        "gateway": lambda: GatewayTarget(workload.dns_server, args.workers, strace=args.strace),
+        "gateway+checks": lambda: GatewayTarget(workload.dns_server, args.workers, signed=True, strace=args.strace),
+        "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay, strace=args.strace),
+        "postfix+maildir": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay, delivery="maildir",
+                                                 strace=args.strace),
+        "gateway+rspamd": lambda: GatewayTarget(workload.dns_server, args.workers, rspamd_url=args.rspamd_url,
+                                                strace=args.strace),
     }
     names = ("gateway", "gateway+rspamd") if args.scan else MODES[args.mode]
     return [factories[name]() for name in names]

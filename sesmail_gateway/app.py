@@ -140,6 +140,9 @@ class Gateway:
                                    config=config.gmail, metrics=self.metrics)
         self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
         self.spool.on_ready = self.runner.notify
+        # Accepted messages go from the journal straight to the runner; the runner retires the segments.
+        self.spool.on_accepted = self.runner.accept
+        self.spool.on_sealed = self.spool.segments.sealed
         # One worker: SMTP runs in this process. More: worker processes share the port.
         self.smtp: SMTPServer | None = None
         self.pool: WorkerPool | None = None
@@ -153,7 +156,9 @@ class Gateway:
         else:
             # serve() forks the fork server before anything is open; one forked here would inherit the lock.
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
-                                   forks=forks or Forks.start(config), on_lost=self.request_stop)
+                                   on_accepted=self.runner.accept_record, on_sealed=self.spool.segments.sealed,
+                                   on_died=self.runner.adopt, forks=forks or Forks.start(config),
+                                   on_lost=self.request_stop)
         self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None

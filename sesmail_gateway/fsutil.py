@@ -63,31 +63,40 @@ def durable_rename(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
-def link_or_copy(src: Path, dst: Path, *, sync: bool) -> None:
-    """Give ``dst`` the contents of ``src``: a hard link where possible, else a copy.
+def link_or_copy(src: Path | bytes, dst: Path, *, sync: bool, staging: Path | None = None) -> None:
+    """Give ``dst`` the contents of ``src`` (a file, or the bytes themselves): a hard link where possible.
 
-    An existing ``dst`` that is ``src`` itself (a retry in the same life)
-    is left as it is. Any other existing ``dst`` is replaced atomically:
-    after a power cut its name may be durable while its data never was
-    (an empty file), so it proves nothing about an earlier attempt.
+    Bytes, and files that cannot be linked, are written under a temporary
+    name in ``staging`` (default: beside ``dst``) and renamed into place, so
+    ``dst`` never shows a partial file. An existing ``dst`` that is ``src``
+    itself (a retry in the same life) is left as it is. Any other existing
+    ``dst`` is replaced atomically: after a power cut its name may be
+    durable while its data never was (an empty file), so it proves nothing
+    about an earlier attempt.
     """
-    try:
-        os.link(src, dst)
-    except FileExistsError:
-        if os.path.samefile(src, dst):
+    if isinstance(src, Path):
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            if os.path.samefile(src, dst):
+                return
+        except OSError:  # another filesystem, or links not allowed: copy
+            src = src.read_bytes()
+        else:
+            if sync:
+                fsync_dir(dst.parent)
             return
-        staged = dst.with_name(f".{dst.name}.replace")
+    staged = (staging or dst.parent) / f".{dst.name}.{os.getpid()}.new"
+    if isinstance(src, Path):
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
         try:
             os.link(src, staged)
         except OSError:
             write_file(staged, src.read_bytes(), mode=0o600, sync=sync)
-        os.replace(staged, dst)
-    except OSError:  # another filesystem, or links not allowed: copy
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        write_file(tmp, src.read_bytes(), mode=0o600, sync=sync)
-        os.replace(tmp, dst)  # whatever stood there before
+    else:
+        write_file(staged, src, mode=0o600, sync=sync)
+    os.replace(staged, dst)
     if sync:
         fsync_dir(dst.parent)
 

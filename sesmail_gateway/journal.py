@@ -71,6 +71,7 @@ class Journal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.size = 0
+        self.records = 0  # appended and durable
         self.pending = 0
         self.broken = False  # an fdatasync failed: this file is never deleted by its owner
         try:
@@ -79,8 +80,8 @@ class Journal:
             self.discard()
             raise
 
-    def append(self, buffers: Sequence[bytes]) -> None:
-        """Write the buffers and make them durable before returning.
+    def append(self, buffers: Sequence[bytes]) -> int:
+        """Write the buffers and make them durable before returning; returns the offset they start at.
 
         On failure (a full disk, an I/O error) the partial batch is cut off
         again, as far as the OS allows, and the caller must stop appending
@@ -110,6 +111,13 @@ class Journal:
                 os.ftruncate(self._fd, start)
                 self.size = start
             raise
+        return start
+
+    def seal(self) -> None:
+        """No more appends: close the file and release its lock; whoever settles its records deletes it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def discard(self) -> None:
         """Delete the file and release its lock (a broken journal is only closed: start-up replays it)."""
@@ -118,6 +126,34 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def record_size(meta: bytes, message_size: int) -> int:
+    return _HEAD.size + len(meta) + message_size + _TAIL.size
+
+
+def read_record_at(fd: int, offset: int) -> Record:
+    """The record at ``offset`` of an open journal file; ValueError if it is not whole and intact."""
+    head = os.pread(fd, _HEAD.size, offset)
+    if len(head) < _HEAD.size:
+        raise ValueError("journal record cut short")
+    magic, meta_len, msg_len = _HEAD.unpack(head)
+    if magic != MAGIC:
+        raise ValueError("no journal record at this offset")
+    body = os.pread(fd, meta_len + msg_len + _TAIL.size, offset + _HEAD.size)
+    if len(body) < meta_len + msg_len + _TAIL.size:
+        raise ValueError("journal record cut short")
+    (crc,) = _TAIL.unpack_from(body, meta_len + msg_len)
+    meta, message = body[:meta_len], body[meta_len:meta_len + msg_len]
+    if zlib.crc32(message, zlib.crc32(meta)) != crc:
+        raise ValueError("journal record damaged")
+    return Record(meta, message)
+
+
+def owner_pid(path: Path) -> int:
+    """The pid in a journal file's name (0 if the name is foreign)."""
+    tail = path.name.removesuffix(SUFFIX).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def journal_files(folder: Path) -> list[Path]:
@@ -141,6 +177,12 @@ def is_orphaned(path: Path) -> bool:
 
 def read_records(path: Path) -> Iterator[Record]:
     """Every complete, intact record, in order; stops at the first torn or corrupt one."""
+    for _, record in read_records_with_offsets(path):
+        yield record
+
+
+def read_records_with_offsets(path: Path) -> Iterator[tuple[int, Record]]:
+    """``read_records`` with each record's offset in the file."""
     data = path.read_bytes()
     offset = 0
     while offset + _HEAD.size <= len(data):
@@ -154,5 +196,5 @@ def read_records(path: Path) -> Iterator[Record]:
         (crc,) = _TAIL.unpack_from(data, end - _TAIL.size)
         if zlib.crc32(message, zlib.crc32(meta)) != crc:
             return
-        yield Record(meta, message)
+        yield offset, Record(meta, message)
         offset = end

@@ -9,10 +9,11 @@ own: a restart retries only what is still pending.
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # Version of the queue record layout (meta.json, journal records). A reader
 # takes what it knows and reads past what it does not: a record written by a
@@ -35,23 +36,38 @@ STATES = (INCOMING, ACTIVE, DEFERRED, HELD, DEAD, REJECTED)
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """A spooled message: the spool file that holds its bytes, and its size.
+    """A message's bytes: a spool file that holds them, or the bytes themselves, and the size.
 
-    Nothing reads the bytes into memory unless it needs them: local targets
-    (folder archive, Maildir) hard-link the file, which never changes once
-    written, and remote ones stream it. ``read()`` is for what must hold
-    the whole message (a small upload).
+    A message accepted in this process is delivered from memory (``data``),
+    straight from its journal record; one that outlived its journal segment
+    lies in a spool file (``path``). Local targets (folder archive, Maildir)
+    hard-link the file when there is one, else write the bytes; remote ones
+    stream ``open()``. ``read()`` is for what must hold the whole message.
     """
 
-    path: Path
+    path: Path | None
     size: int
+    data: bytes | None = None
 
     @classmethod
     def at(cls, path: Path) -> StoredMessage:
         return cls(path, path.stat().st_size)
 
+    @classmethod
+    def of(cls, data: bytes) -> StoredMessage:
+        return cls(None, len(data), data)
+
     def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
         return self.path.read_bytes()
+
+    def open(self) -> BinaryIO:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return self.path.open("rb")
 
 
 @dataclass

@@ -71,6 +71,11 @@ class Metrics:
             "Seconds until the account's Gmail refresh token is assumed to expire (+Inf: never)",
             ["account"], registry=r,
         )
+        self.replayed = Counter(
+            "sesmail_replayed_deliveries",
+            "Deliveries of messages replayed from the journals at start-up: skipped (recorded as made before "
+            "the restart) or repeated (remote, not recorded: possibly made twice)", ["outcome"], registry=r,
+        )
         self.gmail_import_seconds = Histogram(
             "sesmail_gmail_import_seconds", "Time of one Gmail import request, upload included",
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0), registry=r,

@@ -46,15 +46,18 @@ def _find(spool: Spool, queue_id: str) -> QueueItem:
 
 def perform(spool: Spool, action: str, queue_id: str = "", *, every: bool = False,
             reserve: Callable[[str], bool] = lambda _: True,
-            unreserve: Callable[[str], None] = lambda _: None) -> tuple[str, list[str]]:
+            unreserve: Callable[[str], None] = lambda _: None,
+            before: Callable[[str], None] = lambda _: None) -> tuple[str, list[str]]:
     """Do ``action`` (retry | delete | release); returns (what to tell the operator, ids moved to incoming).
 
     ``reserve`` keeps the runner off a message while the action changes it
-    (False: it is being delivered right now).
+    (False: it is being delivered right now); ``before`` lets the runner
+    give a message it holds in memory a folder first.
     """
     if action == "retry" and every:
         items = [item for state in RETRYABLE for item in spool.items(state)]
     else:
+        before(queue_id)
         items = [_find(spool, queue_id)]
     requeued: list[str] = []
     for item in items:

@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sesmail_gateway import maillog
+from sesmail_gateway import journal, maillog
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.bounce import Bouncer
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.deliver import Deliverer
+from sesmail_gateway.delivered import LOCAL_ACTIONS, DeliveredLog
 from sesmail_gateway.destinations import ARCHIVE, Destinations
 from sesmail_gateway.errors import DeliveryError, PermanentFailure, TemporaryFailure, TokenExpired, classify
 from sesmail_gateway.message import (
@@ -44,11 +45,17 @@ from sesmail_gateway.message import (
     StoredMessage,
 )
 from sesmail_gateway.metrics import Metrics
-from sesmail_gateway.queue_ops import perform
-from sesmail_gateway.spool import Spool, SpoolError
+from sesmail_gateway.queue_ops import QueueOpError, perform
+from sesmail_gateway.spool import Accepted, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A queue entry for a message delivered from its journal record (it has no folder).
+MEMORY = "memory"
+# A message accepted but not yet tried this long after its journal segment was sealed gets a folder
+# (the runner is behind: the backlog lives in folders, where `queue list` shows it, not in memory).
+BACKLOG_SECONDS = 5.0
 
 # A message whose delivery attempts crash this many times is held instead of tried again.
 POISON_LIMIT = 3
@@ -138,6 +145,8 @@ class Runner:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._memory: dict[str, Accepted] = {}  # accepted, waiting to be tried from the journal record
+        self._in_memory: dict[str, StoredMessage] = {}  # under way, still without a folder
         self._known: set[str] = set()
         self._parked: set[str] = set()  # waiting in memory for a destination to come back
         self._forced: set[str] = set()  # operator retries: tried at once, destination backoff or not
@@ -153,16 +162,27 @@ class Runner:
         self.destinations = Destinations(base=config.backoff_base, cap=config.backoff_max, clock=clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._down_file = spool.root / DESTINATIONS_FILE
+        self.delivered_log = DeliveredLog(spool.root / "delivered", spool.syncs)
+        self._replay_counts = (0, 0)  # remote deliveries skipped / possibly repeated by the start-up replay
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._write_down_file()
-        report = await self._run(self.spool.recover)
+        adopting = self.spool.on_accepted is not None
+        report = await self._run(lambda: self.spool.recover(replay=not adopting))
         if report.resumed or report.discarded_tmp or report.corrupt:
             log.info("spool: recovered %d in-flight, discarded %d unacknowledged, set aside %d corrupt",
                      report.resumed, report.discarded_tmp, report.corrupt)
+        await self._run(self.delivered_log.load)
+        if adopting:
+            replayed = await self.adopt()
+            if replayed:
+                skipped, repeated = self._replay_counts
+                log.warning("spool: %d message(s) from the journals of the last run delivered again: Maildir and "
+                            "archive copies are replaced, not doubled; %d remote delivery(ies) recorded as made "
+                            "were skipped; %d not recorded may be made twice", replayed, skipped, repeated)
         for queue_id in await self._run(self._attempts.interrupted):
             await self._run(self._crashed, queue_id, "the daemon stopped during a delivery attempt")
         self._scan_incoming()
@@ -172,6 +192,7 @@ class Runner:
         self._tasks.append(asyncio.create_task(self._scheduler()))
         self._tasks.append(asyncio.create_task(self._poller()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self._backlog()))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, give in-flight deliveries ``timeout`` seconds, then cancel.
@@ -185,18 +206,112 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        # What was accepted but not tried gets its folder, so the last checkpoint can retire the journals.
+        await self._run(self._write_backlog, None)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.delivered_log.close()
 
     def notify(self, queue_id: str) -> None:
         """A message was just queued in ``incoming``."""
         self._submit(INCOMING, queue_id)
+
+    def accept(self, accepted: Accepted) -> None:
+        """A message was just journaled (this process or a worker): deliver it from the record. On the loop."""
+        if self.spool.segments.accepted(accepted.segment, accepted.item.id):
+            self._take(accepted)
+
+    def accept_record(self, meta: bytes, segment: str, offset: int) -> None:
+        """``accept`` for a record an SMTP worker process journaled (its metadata as sent over the pipe)."""
+        self.accept(Accepted(QueueItem.from_dict(json.loads(meta)), segment, offset))
+
+    def _take(self, accepted: Accepted) -> None:
+        self._memory[accepted.item.id] = accepted
+        self._submit(MEMORY, accepted.item.id)
+
+    async def adopt(self, pid: int | None = None, idle_for: float = 0.0) -> int:
+        """Deliver what orphaned journal segments hold (start-up; or SMTP worker ``pid`` died). Returns how many."""
+        found = await self._run(lambda: list(self.spool.adopt(self.spool.orphaned_segments(pid, idle_for=idle_for))))
+        skipped = repeated = 0
+        for accepted in found:
+            skipped += self.delivered_log.apply(accepted.item)
+            repeated += sum(1 for d in accepted.item.pending() if d.action not in LOCAL_ACTIONS)
+            self._take(accepted)
+        self.metrics.replayed.labels(outcome="skipped").inc(skipped)
+        self.metrics.replayed.labels(outcome="repeated").inc(repeated)
+        self._replay_counts = (skipped, repeated)
+        return len(found)
+
+    async def _backlog(self) -> None:
+        turns = 0
+        while True:
+            await asyncio.sleep(1.0)
+            turns += 1
+            try:
+                await self._run(self._write_backlog, time.monotonic() - BACKLOG_SECONDS)
+                if turns % 60 == 0 and self.spool.syncs.failed is None:
+                    await self._run(self._prune_delivered)
+                # A journal no process holds or reported (a worker of an earlier daemon that drained its
+                # sessions after this one started): delivered from there.
+                if turns % 60 == 0 and self.spool.on_accepted is not None \
+                        and (adopted := await self.adopt(idle_for=60.0)):
+                    log.warning("runner: %d message(s) from an orphaned journal delivered from there", adopted)
+            except OSError as exc:
+                log.error("runner: cannot write waiting messages to their folders: %s", exc)
+
+    def _prune_delivered(self) -> None:
+        """Drop generations of the delivered log older than every journal segment and than a minute ago."""
+        segments = [journal.created_ns(p) for p in journal.journal_files(self.spool.root / "journal")]
+        self.delivered_log.prune(min(segments) if segments else None, time.time_ns() - 60_000_000_000)
+
+    def _write_backlog(self, sealed_before: float | None) -> int:
+        """Give a folder to every message not tried yet from a segment sealed before ``sealed_before`` (None: all)."""
+        waiting = set(self._memory) if sealed_before is None else self.spool.segments.waiting_since(sealed_before)
+        written = 0
+        for queue_id in waiting:
+            accepted = self._memory.pop(queue_id, None)
+            if accepted is None:
+                continue  # under way, or written already
+            self._in_memory[queue_id] = self._message_of(accepted)
+            self._ensure_folder(accepted.item)
+            written += 1
+        if written and sealed_before is not None:
+            log.warning("runner: %d accepted message(s) waited over %.0f s; written to the queue's folders",
+                        written, BACKLOG_SECONDS)
+        return written
+
+    def _message_of(self, accepted: Accepted) -> StoredMessage:
+        if accepted.data is not None:
+            return StoredMessage.of(accepted.data)
+        return StoredMessage.of(self.spool.segments.read(accepted.segment, accepted.offset).message)
+
+    def _out_of_memory(self, queue_id: str) -> None:
+        """Before an operator acts on ``queue_id``: if it is held in memory, its attempt ends or it gets a folder."""
+        if queue_id in self._in_memory:  # under way: the attempt ends delivered, or writes its folder
+            if not self.reserve(queue_id, OPERATOR_WAIT):
+                raise QueueOpError(f"message {queue_id} is being delivered right now; try again in a moment")
+            self.unreserve(queue_id)
+        accepted = self._memory.pop(queue_id, None)
+        if accepted is not None:
+            self._in_memory[queue_id] = self._message_of(accepted)
+            self._ensure_folder(accepted.item)
+
+    def _ensure_folder(self, item: QueueItem) -> None:
+        """A message delivered from its journal record that must outlive it: a durable folder in its state."""
+        message = self._in_memory.pop(item.id, None)
+        if message is None:
+            return
+        if any(d.status == DELIVERED for d in item.deliveries):
+            self.spool.sync_now()  # the folder must not record a delivery whose copy is not durable yet
+        self.spool.materialize(item, message.read())
+        self.spool.segments.settled(item.id)
 
     async def operate(self, action: str, queue_id: str = "", every: bool = False) -> str:
         """An operator action (retry, delete, release), never during a delivery attempt of that message."""
         # An attempt under way on that message gets OPERATOR_WAIT seconds to end before the action is refused.
         message, requeued = await self._run(lambda: perform(
             self.spool, action, queue_id, every=every,
-            reserve=lambda qid: self.reserve(qid, OPERATOR_WAIT), unreserve=self.unreserve))
+            reserve=lambda qid: self.reserve(qid, OPERATOR_WAIT), unreserve=self.unreserve,
+            before=self._out_of_memory))
         for moved in requeued:
             self._forced.add(moved)
             if moved in self._parked:  # waiting for its destination: straight onto the queue
@@ -375,21 +490,45 @@ class Runner:
         return forced or self.destinations.admit(destination)
 
     def _attempt(self, state: str, queue_id: str) -> QueueItem | None:
+        if state != MEMORY:
+            return self._try(state, queue_id)
+        accepted = self._memory.pop(queue_id, None)
+        if accepted is None:
+            return None  # written to its folder meanwhile (backlog): the poller finds it there
+        self._in_memory[queue_id] = self._message_of(accepted)
+        try:
+            if accepted.item.state != INCOMING:  # refused at DATA: kept in its folder for review
+                return None
+            return self._try(state, queue_id, accepted.item)
+        finally:
+            # Whatever did not end delivered (a crash included) outlives the journal in a folder.
+            self._ensure_folder(accepted.item)
+
+    def _try(self, state: str, queue_id: str, item: QueueItem | None = None) -> QueueItem | None:
         self._parked.discard(queue_id)
         # An operator's retry or release is tried now, whatever the destination's backoff says.
         forced = queue_id in self._forced
         self._forced.discard(queue_id)
-        try:
-            item = self.spool.claim(state, queue_id)
-        except SpoolError:
-            return None  # moved or deleted meanwhile (queue retry/delete)
-        message = StoredMessage.at(self.spool.message_path(item))
+        if item is None:
+            try:
+                item = self.spool.claim(state, queue_id)
+            except SpoolError:
+                return None  # moved or deleted meanwhile (queue retry/delete)
+            message = StoredMessage.at(self.spool.message_path(item))
+        else:
+            message = self._in_memory[queue_id]
+        if self.delivered_log.recorded:  # after a restart: what the last run made is not made again
+            self.delivered_log.apply(item)
         if not item.archived:
             if not self._admit(ARCHIVE, forced) and self._park(item, ARCHIVE):
                 return None
             if not self._archive(item, message):
                 return item
             self._came_back(ARCHIVE)
+            if message.path is None and "://" not in item.archived and os.path.isfile(item.archived):
+                # The archive copy is a local file now: later copies (Maildir) link to it.
+                message = StoredMessage.at(Path(item.archived))
+                self._in_memory[queue_id] = message
         waiting_for = ""
         for delivery in item.pending():
             if not self._admit(delivery.key, forced):
@@ -397,15 +536,17 @@ class Runner:
                 continue
             if self._deliver(item, delivery, message):
                 self._came_back(delivery.key)
-                if item.pending():
-                    # Record each success at once, so a restart never delivers it again;
-                    # first make what was written (archive, Maildir) durable.
+                if item.pending() and item.id not in self._in_memory:
+                    # Record each success in the folder at once, so a restart never delivers it again;
+                    # first make what was written (archive, Maildir) durable. (From a journal record,
+                    # a replay makes local copies again by the same name and skips logged remote ones.)
                     self.spool.sync_now()
                     self.spool.save(item)
         if waiting_for and all(not self.destinations.admit_peek(d.key) for d in item.pending()) \
                 and self._park(item, waiting_for):
             return None
         if item.pending() or item.failed():
+            self._ensure_folder(item)
             self.spool.sync_now()  # the record saved next must not outrun the files it describes
         self._settle(item)
         return item
@@ -414,6 +555,7 @@ class Runner:
         """Wait in memory for ``destination`` (no attempt, no disk write); False if it must be settled now."""
         if self.clock() - item.created >= self.config.max_age:
             return False  # too old to wait: the attempt makes it a dead letter
+        self._ensure_folder(item)  # waiting may take long: not in memory
         if not self.destinations.park(destination, item.id, item.state):
             return False
         self._parked.add(item.id)
@@ -479,6 +621,7 @@ class Runner:
         except Exception as exc:
             self._record_failure(item, delivery, classify(exc))
             return False
+        self.delivered_log.record(item, delivery.key, delivery.action)
         delivery.status = DELIVERED
         delivery.attempts += 1
         delivery.delivered_at = self.clock()
@@ -512,6 +655,8 @@ class Runner:
         if not pending:
             if item.failed():
                 self._dead(item, "; ".join(f"{d.key}: {d.last_error}" for d in item.failed()))
+            elif self._in_memory.pop(item.id, None) is not None:
+                self.spool.segments.delivered(item.id)  # no folder: its journal segment goes when this is durable
             else:
                 self.spool.finish(item)
             return
@@ -519,6 +664,7 @@ class Runner:
                                      for d in pending):
             # Everything left waits for that account's token: hold, spending neither attempts nor age.
             item.reason = f"held: {pending[0].last_error}"
+            self._ensure_folder(item)
             self.spool.save(item)
             self.spool.move(item, HELD)
             maillog.event("held", item.id, account=item.held_account, reason=pending[0].last_error)
@@ -540,6 +686,7 @@ class Runner:
                               retry_after=retry_after)
         item.next_attempt = self.clock() + delay
         item.reason = reason
+        self._ensure_folder(item)
         self.spool.save(item)
         self.spool.move(item, DEFERRED)
         maillog.event("deferred", item.id, attempts=item.attempts, next_attempt=round(item.next_attempt, 3),
@@ -548,6 +695,7 @@ class Runner:
     def _dead(self, item: QueueItem, reason: str) -> None:
         item.reason = reason
         item.next_attempt = 0.0
+        self._ensure_folder(item)
         if self.bouncer is not None:  # bounce.mode = "dsn": a DSN to an authenticated sender, at most once
             self.bouncer.bounce(item, item.failed(), reason)
         self.spool.save(item)

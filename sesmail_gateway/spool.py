@@ -1,39 +1,48 @@
-"""The durable queue: one folder per message, one folder per state.
+"""The durable queue: journal segments first, one folder per message only where it must outlive them.
 
-    spool/journal/*.wal        acceptance journals (see journal.py)
-    spool/tmp/<id>/            being written; never acknowledged
-    spool/incoming/<id>/       accepted (250 sent), waiting for the runner
-    spool/active/<id>/         claimed by the runner
+    spool/journal/*.wal        acceptance journals, one segment per SMTP process and second
+    spool/tmp/<id>/            a folder being written; never counted
+    spool/incoming/<id>/       waiting for the runner (written when a message must outlive its segment)
+    spool/active/<id>/         left by versions that claimed by renaming; resumed at start-up
     spool/deferred|held|dead|rejected/<id>/
-    spool/done/<id>/           finished; kept until no journal can bring it back
+    spool/done/<id>/           retired from a folder; kept until no journal can bring it back
     spool/corrupt/<id>/        unreadable, kept for a person
+    spool/delivered/*.log      remote deliveries made (delivered.py)
 
-Each message folder holds ``message.eml`` (our headers prepended to the
-bytes received) and ``meta.json`` (the QueueItem). A message folder moves
-between states by one rename, so its two files always travel together.
+The durability model is POSIX's and nothing more (fsutil.py): a file's
+data is durable once it is fsynced or fdatasynced, a name in a folder once
+that folder is fsynced; ``syncfs`` and ``sync`` are never used.
 
-``enqueue`` returns only when the message is durable: appended to the
-process's journal, the journal fdatasynced, and the journal file's name
-made durable (its folder fsynced when the file was created). One append and
-one fdatasync serve every session that arrived meanwhile (group commit), and
-no file is created on that path. The message folder is then written in the
-background (tmp/ → rename into its state, unsynced) and ``on_ready`` tells
-the runner, which delivers it where it lies.
+``enqueue`` returns (and the session answers 250) only when the message is
+durable: appended to its process's journal segment and fdatasynced, the
+segment's name made durable when it was created (journal.py). One append
+and one fdatasync serve every session that arrived meanwhile (group commit),
+and no file is created on that path.
 
-A checkpoint every second makes durable, with fsync only (see fsutil.py),
-what the journal must outlive: the folders of messages not yet delivered
-(files, folder, state folder) and everything the runner wrote (archive and
-Maildir files and their folders). Delivered messages need no folder
-durability at all. Only then are finished messages tombstoned and journals
-whose messages all have folders deleted. A failed fsync is sticky: this
-process deletes no journal again, and the next start-up replays them. After
-a crash, ``recover`` puts back from the journals any message whose folder
-did not survive.
+With a runner attached (``on_accepted``), that is all acceptance writes:
+the runner gets the record (the bytes, or where to read them) and delivers
+it without a spool folder (runner.py, segments.py). The Maildir and archive
+copies it writes are fsynced by the runner's next checkpoint; only then is
+the record settled. A message that must outlive its segment (deferred,
+held, dead, refused at DATA, or not tried within a few seconds) gets a
+folder first, written with its files and folder fsynced in tmp/ and renamed
+into its state folder, which is fsynced before tmp/. A segment is deleted
+only when its writer has sealed it and every record in it is settled; one
+whose fdatasync failed never is. Start-up, and the death of an SMTP worker,
+adopt the segments no process holds and deliver their records again:
+Maildir and archive copies by the same names, remote deliveries skipped
+when the delivered log has them.
+
+Without a runner (a spool used on its own), the message folder is written
+in the background and made durable by a checkpoint every second before the
+journal is deleted; ``recover`` replays journals into folders.
 
 A message leaves a state by being linked into its new state first (files
 fsynced, folder and its state folder fsynced) and removed from the old one
 after, so at every moment one durable copy exists; a crash in between
-leaves two, and recovery keeps the newer.
+leaves two, and recovery keeps the newer. A failed fsync is sticky: this
+process deletes no journal and retires nothing afterwards, and the next
+start-up replays.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from sesmail_gateway.fsutil import (
 )
 from sesmail_gateway.groupcommit import GroupCommit
 from sesmail_gateway.message import ACTIVE, INCOMING, REJECTED, STATES, QueueItem
+from sesmail_gateway.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +101,26 @@ class _Accept:
     meta: bytes
     chunks: tuple[bytes, ...]
     journal: journal.Journal | None = None
+    offset: int = 0  # of its record in the journal
 
+
+@dataclass
+class Accepted:
+    """A message durable in a journal segment, for the runner to deliver without a spool folder.
+
+    ``data`` holds the bytes when the runner is in the process that took
+    the message; otherwise the runner reads the record at ``offset``.
+    """
+
+    item: QueueItem
+    segment: str
+    offset: int
+    data: bytes | None = None
+    meta: bytes = b""  # the record's metadata as journaled (what a worker sends the runner)
+
+
+# Accepted messages up to this size reach the runner as bytes; larger ones are read back from the journal.
+IN_MEMORY_MAX = 64 * 1024
 
 # Messages journaled but not yet written to their folders are held in memory;
 # past this many, new acceptances wait (backpressure instead of unbounded memory).
@@ -129,16 +158,27 @@ class Spool:
         *,
         on_commit: Callable[[float, int], None] | None = None,
         on_ready: Callable[[str], None] | None = None,
+        on_accepted: Callable[[Accepted], None] | None = None,
+        on_sealed: Callable[[str, bool, int], None] | None = None,
         sweeper: bool = False,
         create: bool = True,
     ) -> None:
-        """``create=False`` opens the spool for reading only: nothing is created on disk."""
+        """``create=False`` opens the spool for reading only: nothing is created on disk.
+
+        With ``on_accepted`` (a runner takes the messages) no folder is
+        written at acceptance: the runner delivers from the journal record,
+        and ``on_sealed`` hears of each journal segment this process will
+        append to no more. Without it every message is written to its folder.
+        """
         self.root = root
         for name in (TMP, DONE, CORRUPT, JOURNAL, *STATES) if create else ():
             ensure_dir(root / name)
         self.syncs = PendingSyncs()  # what the runner's writers leave for the checkpoint to fsync
         self._on_commit = on_commit
         self.on_ready = on_ready  # told each queue id whose folder is written (the runner's doorbell)
+        self.on_accepted = on_accepted
+        self.on_sealed = on_sealed
+        self.segments = Segments(root / JOURNAL)  # the runner's view of every process's journal segments
         self.sweeper = sweeper  # one process (the runner's) clears done/; SMTP workers leave it alone
         self._accepts: GroupCommit[_Accept] = GroupCommit(self._commit_accepts)
         self._writes: GroupCommit[_Accept] = GroupCommit(self._write_folders)
@@ -168,6 +208,13 @@ class Spool:
         a moment later (``on_ready`` says when).
         """
         job = _Accept(item, _encode(item), chunks)
+        if self.on_accepted is not None:
+            await self._accepts.commit(job)
+            assert job.journal is not None
+            # Small messages go to the runner in memory; larger ones it reads back from the journal.
+            data = b"".join(chunks) if sum(len(c) for c in chunks) <= IN_MEMORY_MAX else None
+            self.on_accepted(Accepted(item, job.journal.path.name, job.offset, data, job.meta))
+            return
         if self._room is None:
             self._room = asyncio.Semaphore(MAX_UNWRITTEN)
         await self._room.acquire()
@@ -187,7 +234,7 @@ class Spool:
             if self._journal is None:
                 self._journal = journal.Journal(self.root / JOURNAL)
             try:
-                self._journal.append(buffers)
+                offset = self._journal.append(buffers)
             except OSError as exc:
                 # Every session of the batch hears 451; later batches go to a fresh file,
                 # so no torn record can stand in front of an acknowledged one.
@@ -195,12 +242,14 @@ class Spool:
                     self.syncs.failed = self.syncs.failed or exc
                     log.critical("spool: journal fdatasync failed (%s); journals are kept for the next "
                                  "start-up from now on", exc)
-                self._closed.append(self._journal)
-                self._journal = None
+                self._retire_current()
                 raise
             self._journal.pending += len(jobs)
+            self._journal.records += len(jobs)
             for job in jobs:
                 job.journal = self._journal
+                job.offset = offset
+                offset += journal.record_size(job.meta, sum(len(c) for c in job.chunks))
         if self._on_commit:
             self._on_commit(time.perf_counter() - started, len(jobs))
         return [None] * len(jobs)
@@ -250,6 +299,85 @@ class Spool:
         if sync:
             fsync_dir(tmp)
 
+    def materialize(self, item: QueueItem, data: bytes) -> None:
+        """Give a message the runner holds from its journal record a durable folder in ``item.state``. Blocks.
+
+        Files and folder are fsynced in tmp/, then renamed into the state
+        folder, which is fsynced before tmp/ (a rename is durable once both
+        folders are; the destination first, so a cut in between leaves it
+        under both names, never under none).
+        """
+        tmp = self.root / TMP / item.id
+        shutil.rmtree(tmp, ignore_errors=True)
+        folder = self.folder(item)
+        if folder.exists():
+            shutil.rmtree(folder)  # a torn copy from before a crash: the record is whole
+        self._write_tmp(tmp, _encode(item), (data,), sync=True)
+        os.rename(tmp, folder)
+        fsync_dir(folder.parent)
+        fsync_dir(self.root / TMP)
+
+    def adopt(self, paths: list[Path]) -> Iterator[Accepted]:
+        """The records of orphaned journal segments that still need the runner. Blocks.
+
+        At start-up every segment is orphaned; later, those of an SMTP worker
+        that died. A record already seen, retired (a tombstone in done/) or
+        whole in a folder needs nothing; a folder a crash tore is removed and
+        the record delivered again. Each segment adopted counts as sealed.
+        """
+        for path in paths:
+            name = path.name
+            if not journal.is_orphaned(path):
+                continue
+            records = 0
+            for offset, record in journal.read_records_with_offsets(path):
+                records += 1
+                try:
+                    item = QueueItem.from_dict(json.loads(record.meta))
+                except (ValueError, TypeError):
+                    log.error("spool: journal record with unreadable metadata skipped in %s", name)
+                    continue
+                if self.segments.seen(name, item.id):
+                    continue
+                if self._kept_elsewhere(item, record.message):
+                    self.segments.known(name, item.id)
+                elif self.segments.accepted(name, item.id):
+                    log.warning("spool: %s restored from the journal", item.id)
+                    yield Accepted(item, name, offset)
+            self.segments.sealed(name, broken=False, records=records)
+
+    def _kept_elsewhere(self, item: QueueItem, message: bytes) -> bool:
+        if (self.root / DONE / item.id).exists():
+            return True
+        for state in STATES:
+            folder = self.root / state / item.id
+            if folder.exists():
+                if self._intact(folder, message):
+                    return True
+                shutil.rmtree(folder)  # torn by the crash: the record has the whole message
+        return False
+
+    def orphaned_segments(self, pid: int | None = None, *, idle_for: float = 0.0) -> list[Path]:
+        """Journal segments no live process holds (of process ``pid`` only, when given).
+
+        ``idle_for`` > 0: only segments the runner does not track that were
+        last written that many seconds ago (a worker of an earlier daemon
+        that finished its sessions after this one started).
+        """
+        found = []
+        for path in journal.journal_files(self.root / JOURNAL):
+            if pid is not None and journal.owner_pid(path) != pid:
+                continue
+            if idle_for:
+                try:
+                    if self.segments.tracked(path.name) or time.time() - path.stat().st_mtime < idle_for:
+                        continue
+                except FileNotFoundError:
+                    continue
+            if journal.is_orphaned(path):
+                found.append(path)
+        return found
+
     # -- durability of what the runner writes --------------------------------
 
     def sync_now(self) -> None:
@@ -289,15 +417,33 @@ class Spool:
         """Delivered, and waiting for the checkpoint to retire it: not to be delivered again."""
         return queue_id in self._finishing
 
+    def _retire_current(self) -> None:
+        """The current journal takes no more records (under the lock): sealed for the runner, or closed."""
+        assert self._journal is not None
+        if self.on_sealed is not None:
+            self._journal.seal()
+            self.on_sealed(self._journal.path.name, self._journal.broken, self._journal.records)
+        else:
+            self._closed.append(self._journal)
+        self._journal = None
+
     def checkpoint(self) -> None:
         """fsync what the journals must outlive; then tombstone finished messages and retire journals. Blocks."""
         with self._lock:
             finished, self._finished = self._finished, []
             if self._journal is not None and self._journal.size:
-                self._closed.append(self._journal)
-                self._journal = None
+                self._retire_current()
             retiring = [j for j in self._closed if j.pending == 0]
             unsynced, self._unsynced = self._unsynced, {}
+        # Deliveries made from journal records: durable first, then their segments may go.
+        delivered = self.segments.take_delivered()
+        if delivered or self.segments.retirable():
+            try:
+                self.syncs.flush()  # raises for good once an fsync has failed: then nothing is retired
+            except OSError:
+                self.segments.undo_take(delivered)
+                raise
+            self.segments.retire(delivered)
         if finished or retiring or unsynced:  # an idle process syncs nothing
             done = {item.id for item in finished}
             files, folders = self._folder_syncs(unsynced, done)
@@ -411,7 +557,9 @@ class Spool:
         """Messages per state; delivered ones waiting for the checkpoint to retire them do not count."""
         with self._lock:
             finishing = set(self._finishing)
-        return {state: len(set(self.ids(state)) - finishing) for state in STATES}
+        counts = {state: len(set(self.ids(state)) - finishing) for state in STATES}
+        counts[INCOMING] += self.segments.waiting()  # accepted, held by the runner without a folder
+        return counts
 
     # -- changes -----------------------------------------------------------
 
@@ -490,14 +638,19 @@ class Spool:
 
     # -- start-up ----------------------------------------------------------
 
-    def recover(self) -> Recovery:
-        """At start-up, before any session: replay journals, resume ``active``, drop unacknowledged writes."""
+    def recover(self, *, replay: bool = True) -> Recovery:
+        """At start-up, before any session: replay journals, resume ``active``, drop unacknowledged writes.
+
+        ``replay=False`` leaves the journals to the runner (``adopt``), which
+        delivers their records without writing folders first.
+        """
         report = Recovery()
         for entry in os.scandir(self.root / TMP):
             shutil.rmtree(entry.path, ignore_errors=True)
             report.discarded_tmp += 1
         self._drop_leftovers()
-        report.replayed = self.replay_orphaned_journals()
+        if replay:
+            report.replayed = self.replay_orphaned_journals()
         # Folders are not opened here (start-up stays fast with a large queue): one that is damaged
         # is set aside when it is first read (load, claim).
         for queue_id in self.ids(ACTIVE):  # left by versions that claimed by renaming

@@ -20,7 +20,8 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -28,6 +29,7 @@ from sesmail_gateway.config import Config
 from sesmail_gateway.forkserver import Child, ForkServer
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.smtp.limits import SharedLimits
+from sesmail_gateway.spool import Accepted
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +41,65 @@ def worker_count(config: Config) -> int:
 
 
 class MetricsRelay:
-    """SessionMetrics in a worker: events are batched and sent to the main process."""
+    """SessionMetrics in a worker: events are batched and sent to the main process.
+
+    It also carries each accepted message's journal record (metadata,
+    segment, offset) to the runner at once, and the news that a segment is
+    sealed (from the checkpoint's thread: hence the lock).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._events: list[tuple[str, tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+        self._flush_scheduled = False
+
+    def accepted(self, accepted: Accepted) -> None:
+        with self._lock:
+            self._events.append(("accepted", (accepted.meta, accepted.segment, accepted.offset)))
+        if not self._flush_scheduled:  # one pipe write per turn of the loop, not per message
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        with contextlib.suppress(OSError):  # a broken pipe: the main process is gone
+            self.flush()
+
+    def sealed(self, segment: str, broken: bool, records: int) -> None:
+        with self._lock:
+            self._events.append(("sealed", (segment, broken, records)))
+
+    def _add(self, name: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._events.append((name, args))
 
     def observe_commit(self, seconds: float, batch: int) -> None:
-        self._events.append(("observe_commit", (seconds, batch)))
+        self._add("observe_commit", (seconds, batch))
 
     def message_accepted(self, size: int) -> None:
-        self._events.append(("message_accepted", (size,)))
+        self._add("message_accepted", (size,))
 
     def refused(self, reason: str) -> None:
-        self._events.append(("refused", (reason,)))
+        self._add("refused", (reason,))
 
     def connection_refused(self, outcome: str) -> None:
-        self._events.append(("connection_refused", (outcome,)))
+        self._add("connection_refused", (outcome,))
 
     def auth_result(self, method: str, result: str) -> None:
-        self._events.append(("auth_result", (method, result)))
+        self._add("auth_result", (method, result))
 
     def scan_result(self, scanner: str, result: str, seconds: float) -> None:
-        self._events.append(("scan_result", (scanner, result, seconds)))
+        self._add("scan_result", (scanner, result, seconds))
 
     def queued(self, queue_id: str) -> None:
-        self._events.append(("queued", (queue_id,)))
+        self._add("queued", (queue_id,))
 
     def flush(self) -> None:
-        if self._events:
-            events, self._events = self._events, []
-            self._conn.send(("events", events))
+        with self._lock:
+            if self._events:
+                events, self._events = self._events, []
+                self._conn.send(("events", events))
 
 
 APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused", "auth_result",
@@ -91,9 +121,9 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     from sesmail_gateway.spool import Spool, run_checkpoints
 
     relay = MetricsRelay(conn)
-    spool = Spool(config.data_dir / "spool", on_commit=relay.observe_commit, on_ready=relay.queued)
-    # A worker restarted after a crash puts back what its predecessor journaled.
-    await asyncio.to_thread(spool.replay_orphaned_journals)
+    # Accepted messages go to the runner as journal records; the main process adopts a dead worker's journals.
+    spool = Spool(config.data_dir / "spool", on_commit=relay.observe_commit, on_ready=relay.queued,
+                  on_accepted=relay.accepted, on_sealed=relay.sealed)
     store = open_route_store(config)
     resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
     inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
@@ -161,11 +191,17 @@ class WorkerPool:
     to start it afresh.
     """
 
-    def __init__(self, config: Config, metrics: Metrics, on_queued: Callable[[str], None], *, forks: Forks,
-                 on_lost: Callable[[], None]) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics, on_queued: Callable[[str], None], *,
+        on_accepted: Callable[[bytes, str, int], None], on_sealed: Callable[[str, bool, int], None],
+        on_died: Callable[[int], Awaitable[int]], forks: Forks, on_lost: Callable[[], None],
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.on_queued = on_queued
+        self.on_accepted = on_accepted
+        self.on_sealed = on_sealed
+        self.on_died = on_died
         self.on_lost = on_lost
         self.count = worker_count(config)
         self.limits = forks.limits
@@ -226,7 +262,11 @@ class WorkerPool:
                 self._all_ready.set()
             return
         for name, args in payload:
-            if name == "queued":
+            if name == "accepted":
+                self.on_accepted(*args)
+            elif name == "sealed":
+                self.on_sealed(*args)
+            elif name == "queued":
                 self.on_queued(args[0])
             elif name in APPLICABLE:
                 getattr(self.metrics, name)(*args)
@@ -239,8 +279,13 @@ class WorkerPool:
                     continue
                 log.error("workers: smtp worker %d exited; restarting", index)  # the fork server logs its status
                 self._ready.discard(index)
+                self._drain(conn)  # what it reported before it died, then what its journals hold
                 conn.close()
                 proc.close()
+                adopted = await self.on_died(proc.pid)
+                if adopted:
+                    log.warning("workers: %d message(s) from smtp worker %d's journal delivered from there",
+                                adopted, index)
                 self._spawn(index)
 
     @property
@@ -264,12 +309,16 @@ class WorkerPool:
             if proc.is_alive():
                 proc.kill()
             loop.remove_reader(conn.fileno())
-            # Apply what the worker sent last before it exited.
-            try:
-                while conn.poll():
-                    self._handle(-1, conn.recv())
-            except (EOFError, OSError):
-                pass
+            self._drain(conn)  # apply what the worker sent last before it exited
             conn.close()
             proc.close()
         await loop.run_in_executor(None, self._server.close)
+
+    def _drain(self, conn: Connection) -> None:
+        with contextlib.suppress(ValueError):  # closed already
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+        try:
+            while conn.poll():
+                self._handle(-1, conn.recv())
+        except (EOFError, OSError):
+            pass

@@ -27,8 +27,8 @@ class FolderArchiver:
             fsync_dir(self.root)  # the day's folder is named durably before anything in it counts
             self._days.add(day)
         path = folder / f"{item.id}.eml"
-        # The spool file never changes: the archive copy is a hard link to it.
-        link_or_copy(message.path, path, sync=self.syncs is None)
+        # A spool file never changes: the archive copy is a hard link to it; bytes from memory are written.
+        link_or_copy(message.path if message.path is not None else message.read(), path, sync=self.syncs is None)
         if self.syncs is not None:
             self.syncs.file(path)
             self.syncs.folder(folder)

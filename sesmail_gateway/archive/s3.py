@@ -96,7 +96,7 @@ class S3Archiver:
         }
         if self.kms_key_id:
             extra["SSEKMSKeyId"] = self.kms_key_id
-        with message.path.open("rb") as body:
+        with message.open() as body:
             self._transfers.upload(body, self.bucket, key, extra_args=extra).result()
         return f"s3://{self.bucket}/{key}"
 

@@ -263,7 +263,7 @@ class GmailDeliverer:
         from googleapiclient.http import MediaIoBaseUpload
 
         metadata = {"labelIds": labels}
-        with message.path.open("rb") as stream:
+        with message.open() as stream:
             media = MediaIoBaseUpload(stream, mimetype=RFC822, chunksize=UPLOAD_CHUNK, resumable=True)
             request = self._gmail().messages.import_(
                 userId="me", body=metadata, media_body=media,

@@ -49,17 +49,18 @@ class MaildirDeliverer:
         name = f"{int(item.created)}.{item.id}_{_slug(delivery.key)}.{self.host}"
         if delivery.attempts > 0 and self._in_cur(folder, name):
             return
-        # The spool file is complete and never changes, so it can appear in new/ at once
-        # (the tmp/ step of Maildir exists to hide partial writes); a copy where links fail.
+        # A spool or archive file is complete and never changes, so it can appear in new/ at once
+        # by a hard link; bytes from memory are written in tmp/ and renamed into new/ (the Maildir way).
         # An existing file of that name is this message from an attempt a crash cut short.
         self._prepare(folder)
         target = folder / "new" / name
+        source = message.path if message.path is not None else message.read()
         try:
-            link_or_copy(message.path, target, sync=self.syncs is None)
+            link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
         except FileNotFoundError:  # the Maildir was removed since we made it: make it again
             self._prepared.discard(folder)
             self._prepare(folder)
-            link_or_copy(message.path, target, sync=self.syncs is None)
+            link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
         if self.syncs is not None:
             self.syncs.file(target)
             self.syncs.folder(target.parent)
