@@ -20,6 +20,8 @@ RATIO_PAIRS = (
     ("checks vs postfix+maildir", "gateway+checks", "postfix+maildir"),
     ("checks vs bare", "gateway+checks", "bare"),
     ("gateway vs bare", "gateway", "bare"),
+    ("checks alone vs bare (the limit the checks set)", "bare+checks", "bare"),
+    ("checks vs checks alone", "gateway+checks", "bare+checks"),
 )
 """(title, numerator target, denominator target) -- printed when both rows exist."""
 

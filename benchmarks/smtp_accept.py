@@ -107,12 +107,14 @@ RSPAMD_WORKERS = os.cpu_count() or 1
 """rspamd normal workers for ``--scan rspamd`` (rspamd's own advice: one per core)."""
 
 MODES = {
-    "all": ("bare", "gateway", "gateway+checks", "postfix", "postfix+maildir"),
+    "all": ("bare", "bare+checks", "gateway", "gateway+checks", "postfix", "postfix+maildir"),
     "basic": ("bare", "gateway"),
     "checks": ("gateway", "gateway+checks"),
 }
 LEGEND = {
     "bare": "aiosmtpd discard server (no spool, no checks)",
+    "bare+checks": "aiosmtpd discard server running the gateway's checks only, one process per gateway SMTP worker "
+                   "(same signed mail; no spool, no delivery)",
     "gateway": "gateway, sender domain without auth records (spf/dkim/dmarc = none, NXDOMAIN lookups)",
     "gateway+checks": "gateway, DKIM-signed mail, SPF pass, DMARC p=reject enforced (all must pass)",
     "postfix": "Debian Postfix smtpd -> queue -> discard:, no checks, in_flow_delay {delay} (same signed mail)",
@@ -378,13 +380,25 @@ def terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 
 class DiscardTarget(SubprocessTarget):
-    """``benchmarks/discard_server.py``: aiosmtpd with a handler that drops every message."""
+    """``benchmarks/discard_server.py``: aiosmtpd with a handler that drops every message.
+
+    With ``checks_dns`` (the ``bare+checks`` row) it first runs the gateway's checks on the
+    signed mail: the rate the checks alone allow on this machine.
+    """
 
     name = "bare"
 
+    def __init__(self, checks_dns: str = "", processes: int = 1) -> None:
+        super().__init__()
+        self.checks_dns = checks_dns
+        self.processes = processes
+        if checks_dns:
+            self.name, self.signed = "bare+checks", True
+
     def command(self) -> list[str]:
         """Run the discard server on our chosen port."""
-        return [sys.executable, str(DISCARD_SERVER), "--port", str(self.address[1])]
+        extra = ["--checks-dns", self.checks_dns, "--processes", str(self.processes)] if self.checks_dns else []
+        return [sys.executable, str(DISCARD_SERVER), "--port", str(self.address[1]), *extra]
 
 
 GATEWAY_CONFIG = """\
@@ -696,6 +710,8 @@ def make_targets(args: argparse.Namespace, workload: Workload) -> list[Target]:
         return [ExternalTarget(args.target, "external+signed" if signed else "external", signed)]
     factories: dict[str, Callable[[], Target]] = {
         "bare": DiscardTarget,
+        # As many processes as the gateway has SMTP workers: the checks' own limit on this machine.
+        "bare+checks": lambda: DiscardTarget(workload.dns_server, args.workers or os.cpu_count() or 1),
         "gateway": lambda: GatewayTarget(workload.dns_server, args.workers, strace=args.strace),
         "gateway+checks": lambda: GatewayTarget(workload.dns_server, args.workers, signed=True, strace=args.strace),
         "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay, strace=args.strace),

@@ -53,6 +53,8 @@ class Destinations:
 
     def admit(self, destination: str) -> bool:
         """May an attempt go to ``destination`` now? Up: yes. Down: only as the one probe, once its step ended."""
+        if not self._down:  # nothing is down: the common case, without the lock
+            return True
         with self._lock:
             down = self._down.get(destination)
             if down is None:
@@ -64,6 +66,8 @@ class Destinations:
 
     def admit_peek(self, destination: str) -> bool:
         """Whether ``admit`` would let an attempt through now, without taking the probe."""
+        if not self._down:
+            return True
         with self._lock:
             down = self._down.get(destination)
             return down is None or (not down.probing and self.clock() >= down.until)
@@ -96,6 +100,8 @@ class Destinations:
     def succeeded(self, destination: str) -> dict[str, str] | None:
         """The destination works. None if it was up; else it is up again and the parked messages
         (id -> state) are returned for resubmission."""
+        if not self._down:
+            return None
         with self._lock:
             down = self._down.pop(destination, None)
         return dict(down.parked) if down is not None else None

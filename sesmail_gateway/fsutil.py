@@ -32,9 +32,13 @@ def fsync_dir(path: Path, *, missing_ok: bool = False) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, *chunks: bytes, sync: bool = True, mode: int = 0o640) -> None:
-    """Create ``path`` holding the chunks in order; fsync it unless the caller syncs in bulk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def write_file(path: Path, *chunks: bytes, sync: bool = True, mode: int = 0o640, exclusive: bool = False) -> None:
+    """Create ``path`` holding the chunks in order; fsync it unless the caller syncs in bulk.
+
+    ``exclusive``: FileExistsError if ``path`` exists, instead of overwriting it.
+    """
+    flags = os.O_EXCL if exclusive else os.O_TRUNC
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags | os.O_CLOEXEC, mode)
     try:
         for chunk in chunks:
             view = memoryview(chunk)

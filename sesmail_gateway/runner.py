@@ -57,6 +57,9 @@ MEMORY = "memory"
 # (the runner is behind: the backlog lives in folders, where `queue list` shows it, not in memory).
 BACKLOG_SECONDS = 5.0
 
+# How many messages bound only for local targets one delivery thread takes at a time.
+LOCAL_BATCH = 16
+
 # A message whose delivery attempts crash this many times is held instead of tried again.
 POISON_LIMIT = 3
 ATTEMPTS = "attempts.log"
@@ -414,29 +417,45 @@ class Runner:
 
     async def _worker(self) -> None:
         while True:
-            state, queue_id = await self._queue.get()
-            self._busy += 1
+            batch = [await self._queue.get()]
+            # Messages bound only for local targets (Maildir, folder archive) take a fraction of a
+            # millisecond each: several go in one thread hand-off. Remote ones go one by one.
+            while len(batch) < LOCAL_BATCH and not self._queue.empty() and self._local(*batch[-1]):
+                batch.append(self._queue.get_nowait())
+            self._busy += len(batch)
             try:
-                await self._process(state, queue_id)
-            except Exception as exc:
-                # The message stays where it is; never dropped. Too many of these: held for a person.
-                log.exception("runner: unexpected error on %s", queue_id)
-                await self._run(self._crashed, queue_id, f"delivery failed unexpectedly: {type(exc).__name__}")
+                for item in await self._run(self._process_batch, batch):
+                    self._schedule(item)
             finally:
-                self._busy -= 1
-                if queue_id not in self._parked:
-                    self._known.discard(queue_id)
+                self._busy -= len(batch)
+                for _, queue_id in batch:
+                    if queue_id not in self._parked:
+                        self._known.discard(queue_id)
+
+    def _local(self, state: str, queue_id: str) -> bool:
+        accepted = self._memory.get(queue_id) if state == MEMORY else None
+        return (accepted is not None and getattr(self.archiver, "local", False)
+                and all(d.action in LOCAL_ACTIONS for d in accepted.item.deliveries))
 
     # -- one message -------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _process(self, state: str, queue_id: str) -> None:
-        # One thread hand-off per message: every step below blocks (files, SDK calls).
-        item = await self._run(self._process_blocking, state, queue_id)
-        if item is not None:
-            self._schedule(item)
+    def _process_batch(self, batch: list[tuple[str, str]]) -> list[QueueItem]:
+        """Attempt each message in turn (in the delivery pool); the ones to schedule again."""
+        settled: list[QueueItem] = []
+        for state, queue_id in batch:
+            try:
+                item = self._process_blocking(state, queue_id)
+            except Exception as exc:
+                # The message stays where it is; never dropped. Too many of these: held for a person.
+                log.exception("runner: unexpected error on %s", queue_id)
+                self._crashed(queue_id, f"delivery failed unexpectedly: {type(exc).__name__}")
+                continue
+            if item is not None:
+                settled.append(item)
+        return settled
 
     def _schedule(self, item: QueueItem) -> None:
         """Arm the timer for a deferred message (on the loop: the heap and event are not thread-safe)."""
@@ -525,7 +544,7 @@ class Runner:
             if not self._archive(item, message):
                 return item
             self._came_back(ARCHIVE)
-            if message.path is None and "://" not in item.archived and os.path.isfile(item.archived):
+            if message.path is None and getattr(self.archiver, "local", False):
                 # The archive copy is a local file now: later copies (Maildir) link to it.
                 message = StoredMessage.at(Path(item.archived))
                 self._in_memory[queue_id] = message

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 import dkim
+import dkim.canonicalization
 import dkim.crypto
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
@@ -121,8 +122,29 @@ def _select_headers(headers: list[tuple[bytes, bytes]], include_headers: list[by
     return selected
 
 
+_ORIGINAL_RELAXED_BODY = dkim.canonicalization.Relaxed.canonicalize_body
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")  # every run of WSP except a lone space, which stays as it is
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """dkimpy's relaxed body canonicalization (RFC 6376 3.4.4), with the same result.
+
+    dkimpy replaces every run of WSP, each lone space of the text included,
+    by a space: a substitution per word, most of a 100 KiB message's check
+    time. Here only what changes is matched (trailing WSP, tabs, runs of two
+    or more), and a body that has none is not rewritten at all.
+    """
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP_RUN.sub(b" ", body)
+    return dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
+
+
 dkim.rfc822_parse = _rfc822_parse
 dkim.select_headers = _select_headers
+dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(_relaxed_body)
 
 __all__ = ["ArcResult", "DkimResult", "check_arc", "check_dkim"]
 

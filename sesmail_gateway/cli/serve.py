@@ -31,7 +31,7 @@ SETUP_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR
 def run(args: argparse.Namespace) -> int:
     """Exit status 2 for anything the configuration must fix (systemd does not restart on 2)."""
     config = load_config(args)
-    maillog.configure(getattr(logging, args.log_level.upper()))
+    maillog.configure(getattr(logging, args.log_level.upper()), daemon=True)
     from sesmail_gateway.app import serve
     from sesmail_gateway.smtp.server import tls_context
 

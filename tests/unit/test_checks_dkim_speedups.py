@@ -79,3 +79,15 @@ def test_parsing_and_selection_are_linear() -> None:
     assert len(headers) == 2
     many = [(b"x-%d" % i, b"v") for i in range(200_000)]
     assert gateway_dkim._select_headers(many, [b"absent-%d" % i for i in range(200_000)]) == []
+
+
+def test_relaxed_body_canonicalization_matches_dkimpy() -> None:
+    original = gateway_dkim._ORIGINAL_RELAXED_BODY
+    rng = random.Random(11)
+    parts = [b"word", b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r\n", b"x", b"\t\t", b"."]
+    for _ in range(20000):
+        body = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 16)))
+        assert gateway_dkim._relaxed_body(body) == original(body), body
+    text = (b"plain text with single spaces only, as most mail is\r\n" * 2000) + b"\r\n\r\n"
+    assert gateway_dkim._relaxed_body(text) == original(text)
+    assert dkim.canonicalization.Relaxed.canonicalize_body is gateway_dkim._relaxed_body

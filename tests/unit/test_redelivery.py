@@ -76,3 +76,12 @@ def test_archive_rewrite_replaces_a_copy_left_empty_by_a_power_cut(tmp_path: Pat
     message.path.unlink()
     message.path.write_bytes(BODY)
     assert Path(archiver.archive(item, message)).read_bytes() == BODY
+
+
+def test_an_archive_copy_from_memory_replaces_one_left_empty_by_a_power_cut(tmp_path: Path) -> None:
+    item = QueueItem(id="0000000000001000010003", sender="a@example.test", recipients=[], created=1_700_000_000.0)
+    archiver = FolderArchiver(tmp_path / "archive", syncs=PendingSyncs())
+    path = Path(archiver.archive(item, StoredMessage.of(BODY)))
+    assert path.read_bytes() == BODY
+    path.write_bytes(b"")
+    assert Path(archiver.archive(item, StoredMessage.of(BODY))).read_bytes() == BODY
