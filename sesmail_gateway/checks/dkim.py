@@ -139,7 +139,8 @@ def _relaxed_body(body: bytes) -> bytes:
         body = _TRAILING_WSP.sub(b"\r\n", body)
     if b"\t" in body or b"  " in body:
         body = _WSP_RUN.sub(b" ", body)
-    return dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
+    canonical: bytes = dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
+    return canonical
 
 
 dkim.rfc822_parse = _rfc822_parse
