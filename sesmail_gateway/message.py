@@ -178,10 +178,15 @@ class QueueItem:
         }
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError(f"expected an object for {kind.__name__}")
-    names = {f.name for f in dataclasses.fields(kind)}
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = frozenset(f.name for f in dataclasses.fields(kind))
     return {k: v for k, v in data.items() if k in names}
 
 

@@ -97,8 +97,13 @@ class Metrics:
     def connection_refused(self, outcome: str) -> None:
         self.connections.labels(outcome=outcome).inc()
 
-    def auth_result(self, method: str, result: str) -> None:
-        self.auth_results.labels(method=method, result=result).inc()
+    def auth_result(self, method: str, result: str, count: int = 1) -> None:
+        self.auth_results.labels(method=method, result=result).inc(count)
+
+    def messages_accepted(self, count: int, size: int) -> None:
+        """``message_accepted`` for ``count`` messages of ``size`` bytes in all (a worker's sum)."""
+        self.accepted.inc(count)
+        self.accept_bytes.inc(size)
 
     def scan_result(self, scanner: str, result: str, seconds: float) -> None:
         self.scan_results.labels(scanner=scanner, result=result).inc()

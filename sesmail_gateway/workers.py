@@ -53,6 +53,8 @@ class MetricsRelay:
         self._events: list[tuple[str, tuple[Any, ...]]] = []
         self._lock = threading.Lock()
         self._flush_scheduled = False
+        self._accepted = (0, 0)  # messages, bytes
+        self._auth: dict[tuple[str, str], int] = {}
 
     def accepted(self, accepted: Accepted) -> None:
         with self._lock:
@@ -78,7 +80,8 @@ class MetricsRelay:
         self._add("observe_commit", (seconds, batch))
 
     def message_accepted(self, size: int) -> None:
-        self._add("message_accepted", (size,))
+        with self._lock:  # summed until the next flush: one event per flush, not per message
+            self._accepted = (self._accepted[0] + 1, self._accepted[1] + size)
 
     def refused(self, reason: str) -> None:
         self._add("refused", (reason,))
@@ -87,7 +90,8 @@ class MetricsRelay:
         self._add("connection_refused", (outcome,))
 
     def auth_result(self, method: str, result: str) -> None:
-        self._add("auth_result", (method, result))
+        with self._lock:
+            self._auth[(method, result)] = self._auth.get((method, result), 0) + 1
 
     def scan_result(self, scanner: str, result: str, seconds: float) -> None:
         self._add("scan_result", (scanner, result, seconds))
@@ -97,12 +101,18 @@ class MetricsRelay:
 
     def flush(self) -> None:
         with self._lock:
+            if self._accepted[0]:
+                self._events.append(("messages_accepted", self._accepted))
+                self._accepted = (0, 0)
+            for (method, result), count in self._auth.items():
+                self._events.append(("auth_result", (method, result, count)))
+            self._auth.clear()
             if self._events:
                 events, self._events = self._events, []
                 self._conn.send(("events", events))
 
 
-APPLICABLE = frozenset({"observe_commit", "message_accepted", "refused", "connection_refused", "auth_result",
+APPLICABLE = frozenset({"observe_commit", "messages_accepted", "refused", "connection_refused", "auth_result",
                         "scan_result"})
 
 
