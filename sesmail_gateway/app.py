@@ -172,6 +172,9 @@ class Gateway:
             return False, "smtp worker(s) down"
         if not os.access(self.spool.root / "tmp", os.W_OK):
             return False, "spool not writable"
+        if hung := self.runner.hung():
+            queue_id, seconds = max(hung.items(), key=lambda entry: entry[1])
+            return False, f"delivery of {queue_id} hung for {seconds:.0f} s"
         if self.spool.syncs.failed is not None:
             return False, f"spool fsync failed ({self.spool.syncs.failed.strerror}): journals kept for a restart"
         return True, f"queue {self.spool.counts()}"

@@ -57,6 +57,10 @@ MEMORY = "memory"
 # (the runner is behind: the backlog lives in folders, where `queue list` shows it, not in memory).
 BACKLOG_SECONDS = 5.0
 
+# A delivery attempt running this long is taken as hung: the daemon reports itself unhealthy, so
+# systemd's watchdog restarts it, and the attempt log counts the attempt as a crash (POISON_LIMIT).
+HANG_SECONDS = 900.0
+
 # How many messages bound only for local targets one delivery thread takes at a time.
 LOCAL_BATCH = 16
 
@@ -155,6 +159,8 @@ class Runner:
         self._forced: set[str] = set()  # operator retries: tried at once, destination backoff or not
         # Messages someone is working on right now (a delivery attempt, an operator action).
         self._inflight: set[str] = set()
+        self._attempt_started: dict[str, float] = {}  # queue id -> monotonic start of its attempt under way
+        self._reported_hung: set[str] = set()
         self._inflight_changed = threading.Condition()
         self._timers: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
@@ -265,6 +271,18 @@ class Runner:
         """Drop generations of the delivered log older than every journal segment and than a minute ago."""
         segments = [journal.created_ns(p) for p in journal.journal_files(self.spool.root / "journal")]
         self.delivered_log.prune(min(segments) if segments else None, time.time_ns() - 60_000_000_000)
+
+    def hung(self) -> dict[str, float]:
+        """Attempts under way for longer than HANG_SECONDS: queue id -> seconds. Logged once each."""
+        now = time.monotonic()
+        found = {queue_id: now - started for queue_id, started in list(self._attempt_started.items())
+                 if now - started > HANG_SECONDS}
+        for queue_id in found.keys() - self._reported_hung:
+            log.error("runner: the delivery attempt of %s has run for %.0f s and is taken as hung; the daemon "
+                      "reports itself unhealthy so the watchdog restarts it (%d such attempts hold the message)",
+                      queue_id, found[queue_id], POISON_LIMIT)
+        self._reported_hung = set(found)
+        return found
 
     def _write_backlog(self, sealed_before: float | None) -> int:
         """Give a folder to every message not tried yet from a segment sealed before ``sealed_before`` (None: all)."""
@@ -481,9 +499,11 @@ class Runner:
         if not self.reserve(queue_id):
             return None  # an operator action holds it; it is submitted again afterwards
         self._attempts.started(queue_id)
+        self._attempt_started[queue_id] = time.monotonic()
         try:
             return self._attempt(state, queue_id)
         finally:
+            self._attempt_started.pop(queue_id, None)
             # Ended, whatever the outcome (an exception is counted by the caller); only a daemon that
             # dies in the middle leaves the attempt open.
             self._attempts.ended(queue_id)

@@ -291,3 +291,22 @@ async def test_the_journal_of_a_dead_smtp_worker_is_adopted_by_its_pid(tmp_path:
     await until(lambda: target.calls == [(item.id, "mail")])
     await until(lambda: not journals(spool))
     await stop()
+
+
+async def test_a_delivery_that_hangs_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    gate = threading.Event()
+
+    class Hanging:
+        def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
+            assert gate.wait(10)
+
+    monkeypatch.setattr(runner_module, "HANG_SECONDS", 0.2)
+    spool, runner, stop = await wired(tmp_path, {"maildir": Hanging()})
+    item = make_item("mail")
+    await spool.enqueue(item, BODY)
+    await until(lambda: item.id in runner.hung())
+    assert "taken as hung" in caplog.text
+    gate.set()
+    await until(lambda: not runner.hung())
+    await stop()
