@@ -25,13 +25,14 @@ DRAIN_TIMEOUT = 120.0
 def gateway_group(root: int) -> Callable[[ProcCpu], str]:
     """Groups of the gateway's tree: ``main`` (SMTP supervisor, runner), ``workers`` (SMTP), ``helpers``.
 
-    Helpers are multiprocessing's resource tracker, which the shared limits
-    of the spawned workers start; it uses next to no CPU.
+    Helpers are the workers' fork server (``sesmail-forks``) or, where workers
+    are spawned, multiprocessing's resource tracker; they use next to no CPU.
     """
     def group(process: ProcCpu) -> str:
         if process.pid == root:
             return "main"
-        return "helpers" if "resource_tracker" in read_cmdline(process.pid) else "workers"
+        helper = process.comm == "sesmail-forks" or "resource_tracker" in read_cmdline(process.pid)
+        return "helpers" if helper else "workers"
     return group
 
 

@@ -61,6 +61,8 @@ class Row:
     """The server's processes per group at the end of the phase."""
     syscalls: dict[str, SyscallCount] | None = None
     """``strace -c -f`` counts over the server's processes in the measured phase (``--strace``)."""
+    memory: dict[str, float] | None = None
+    """The gateway's process tree, PSS in MiB: idle after start, and the peak while measuring; None if not read."""
 
     @property
     def total_accepted(self) -> int:
@@ -91,6 +93,8 @@ class Row:
             out["processes"] = self.processes
         if self.syscalls is not None and (per := self.per_message({k: v.calls for k, v in self.syscalls.items()})):
             out["syscalls_per_message"] = {name: round(n, 3) for name, n in sorted(per.items(), key=lambda i: -i[1])}
+        if self.memory is not None:
+            out["memory"] = self.memory
         return out
 
     def per_message(self, totals: Mapping[str, float], scale: float = 1.0) -> dict[str, float]:
@@ -222,6 +226,11 @@ def format_report(rows: Sequence[Row], connections: int, legend: Mapping[str, st
                       "warm-up included):"]
         parts += [f"  {auth_summary(row)}" for row in auth_rows]
     parts += format_server_figures(rows)
+    if memory_rows := [row for row in rows if row.memory is not None]:
+        parts += ["", "memory of the gateway's process tree (PSS from /proc/*/smaps_rollup, daemon and every process "
+                      "below it):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {row.memory['idle_pss_mib']:.1f} MiB idle, "
+                  f"{row.memory['peak_pss_mib']:.1f} MiB peak under load" for row in memory_rows]
     skipped = list(dict.fromkeys(f"{row.target} skipped: {row.skipped}" for row in rows if row.skipped))
     if skipped:
         parts += ["", *skipped]

@@ -84,6 +84,7 @@ from typing import IO, Any
 
 import postfix_peer
 from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
+from _memory import TreeSampler
 from _phase import PhaseMeter, gateway_group
 from _report import AuthCounts, Row, all_verdicts_in, format_report, missing_passes, ratios, size_label
 from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
@@ -632,13 +633,16 @@ async def measure(target: Target, message: MessageSource, count: int, connection
     progress(f"{label}: starting")
     try:
         await target.start()
+        memory = TreeSampler(target.proc.pid if isinstance(target, GatewayTarget) and target.proc else None)  # idle
         if warmup:
             warm = await run_load(target.address, message, connections, warmup)
             row.warmup_accepted, row.warmup_errors = warm.accepted, dict(warm.errors)
         await target.before_load(row)
         progress(f"{label}: sending {count} messages over {connections} connections")
         queries = dns.query_count() if dns else 0
+        memory.start()
         row.result = await run_load(target.address, message, connections, count)
+        row.memory = await memory.stop()
         if dns and isinstance(target, GatewayTarget):
             row.dns_queries = dns.query_count() - queries
         await target.after_load(row)

@@ -42,7 +42,7 @@ from sesmail_gateway.spool import Spool, run_checkpoints
 from sesmail_gateway.tokens import ClientCredentials, TokenStore
 from sesmail_gateway.tokens.factory import load_client, open_token_store
 from sesmail_gateway.tokens.watcher import TokenWatcher
-from sesmail_gateway.workers import WorkerPool, worker_count
+from sesmail_gateway.workers import Forks, WorkerPool, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def seed_default_route(store: RouteStore, config: Config) -> bool:
 class Gateway:
     """The daemon: everything wired together, started and stopped as one."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, forks: Forks | None = None) -> None:
         self.config = config
         ensure_dir(config.data_dir)
         # Before anything else touches the data dir: one daemon per spool.
@@ -154,9 +154,11 @@ class Gateway:
                                      scanning=build_scanning(config, observe=self.metrics.scan_result))
             self.smtp = SMTPServer(config, handler)
         else:
+            # serve() forks the fork server before anything is open; one forked here would inherit the lock.
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
                                    on_accepted=self.runner.accept_record, on_sealed=self.spool.segments.sealed,
-                                   on_died=self.runner.adopt)
+                                   on_died=self.runner.adopt, forks=forks or Forks.start(config),
+                                   on_lost=self.request_stop)
         self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
@@ -269,6 +271,8 @@ class Gateway:
 
 
 def serve(config: Config) -> int:
-    asyncio.run(Gateway(config).run())
-    return 0
+    # The SMTP workers' fork server first, while this process is one thread (see forkserver.py).
+    gateway = Gateway(config, Forks.start(config) if worker_count(config) > 1 else None)
+    asyncio.run(gateway.run())
+    return 1 if gateway.pool is not None and gateway.pool.lost else 0
 

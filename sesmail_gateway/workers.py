@@ -5,27 +5,28 @@ the one spool (queue ids carry the pid, so they stay unique). The main
 process keeps the runner, /metrics and the supervision: it restarts a
 worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain.
 Workers report metrics and queued ids to the main process over a pipe.
+
+Workers are forked by a fork server (``forkserver.py``) that the daemon
+forks before it starts any thread, so they share the imported code and
+data with it instead of importing everything again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
-from sesmail_gateway import maillog
 from sesmail_gateway.config import Config
+from sesmail_gateway.forkserver import Child, ForkServer
 from sesmail_gateway.metrics import Metrics
 from sesmail_gateway.smtp.limits import SharedLimits
 from sesmail_gateway.spool import Accepted
@@ -115,25 +116,9 @@ APPLICABLE = frozenset({"observe_commit", "messages_accepted", "refused", "conne
                         "scan_result"})
 
 
-def run_worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
-    """Entry point of a worker process."""
-    _die_with_parent()
-    maillog.configure(daemon=True)
-    asyncio.run(_worker(config, index, conn, limits))
-
-
-def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the main process dies (even by kill -9).
-
-    A worker left behind would go on accepting mail that no runner delivers,
-    and would share the port with the next start's workers.
-    """
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        ctypes.CDLL(name, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
+def run_worker(config: Config, limits: SharedLimits, index: int, fd: int) -> None:
+    """Entry point of a worker process, forked by the fork server (logging is set up already)."""
+    asyncio.run(_worker(config, index, Connection(fd, readable=False), limits))
 
 
 async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
@@ -175,7 +160,7 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
             await asyncio.sleep(FLUSH_SECONDS)
             with contextlib.suppress(OSError):  # a broken pipe: the main process is gone
                 relay.flush()
-            if os.getppid() != parent:  # the main process is gone (where PDEATHSIG is not to be had)
+            if os.getppid() != parent:  # the fork server, and so the main process, is gone (no PDEATHSIG)
                 log.error("workers: main process gone; smtp worker %d stopping", index)
                 stop.set()
                 return
@@ -193,13 +178,33 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     conn.close()
 
 
+class Forks(NamedTuple):
+    """The workers' fork server and their shared connection counts, both made before the daemon's first thread."""
+
+    server: ForkServer
+    limits: SharedLimits
+
+    @classmethod
+    def start(cls, config: Config) -> Forks:
+        """Call first thing in the daemon, while it is one thread with nothing open (see forkserver.py)."""
+        limits = SharedLimits(max_connections=config.smtp.max_connections,
+                              max_per_ip=config.smtp.max_connections_per_ip, slots=worker_count(config),
+                              context=multiprocessing.get_context("fork"))
+        return cls(ForkServer.start(functools.partial(run_worker, config, limits), child_name="sesmail-smtp"), limits)
+
+
 class WorkerPool:
-    """Starts, watches and stops the worker processes."""
+    """Starts, watches and stops the worker processes.
+
+    If the fork server is gone, no worker can be started any more: ``lost``
+    is set and ``on_lost`` asks the daemon to stop, for the service manager
+    to start it afresh.
+    """
 
     def __init__(
         self, config: Config, metrics: Metrics, on_queued: Callable[[str], None], *,
         on_accepted: Callable[[bytes, str, int], None], on_sealed: Callable[[str, bool, int], None],
-        on_died: Callable[[int], Awaitable[int]],
+        on_died: Callable[[int], Awaitable[int]], forks: Forks, on_lost: Callable[[], None],
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -207,12 +212,12 @@ class WorkerPool:
         self.on_accepted = on_accepted
         self.on_sealed = on_sealed
         self.on_died = on_died
+        self.on_lost = on_lost
         self.count = worker_count(config)
-        self._context = multiprocessing.get_context("spawn")
-        self.limits = SharedLimits(max_connections=config.smtp.max_connections,
-                                   max_per_ip=config.smtp.max_connections_per_ip, slots=self.count,
-                                   context=self._context)
-        self._procs: dict[int, tuple[BaseProcess, Connection]] = {}
+        self.limits = forks.limits
+        self._server = forks.server
+        self.lost = False
+        self._procs: dict[int, tuple[Child, Connection]] = {}
         self._ready: set[int] = set()
         self._all_ready = asyncio.Event()
         self._stopping = False
@@ -236,11 +241,18 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         self.limits.reset(index)  # a dead predecessor's sessions are gone
-        parent, child = self._context.Pipe(duplex=False)
-        proc = self._context.Process(target=run_worker, args=(self.config, index, child, self.limits),
-                                     name=f"smtp-worker-{index}", daemon=False)
-        proc.start()
-        child.close()
+        parent, child = multiprocessing.Pipe(duplex=False)
+        try:
+            proc = self._server.fork(index, child.fileno())
+        except OSError as exc:
+            parent.close()
+            self._procs.pop(index, None)
+            self.lost = True
+            log.error("workers: the fork server is gone (%s); stopping so that the gateway is started afresh", exc)
+            self.on_lost()
+            return
+        finally:
+            child.close()
         self._procs[index] = (proc, parent)
         asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
 
@@ -275,15 +287,15 @@ class WorkerPool:
             for index, (proc, conn) in list(self._procs.items()):
                 if proc.is_alive() or self._stopping:
                     continue
-                log.error("workers: smtp worker %d exited with %s; restarting", index, proc.exitcode)
+                log.error("workers: smtp worker %d exited; restarting", index)  # the fork server logs its status
                 self._ready.discard(index)
                 self._drain(conn)  # what it reported before it died, then what its journals hold
                 conn.close()
-                if proc.pid:
-                    adopted = await self.on_died(proc.pid)
-                    if adopted:
-                        log.warning("workers: %d message(s) from smtp worker %d's journal delivered from there",
-                                    adopted, index)
+                proc.close()
+                adopted = await self.on_died(proc.pid)
+                if adopted:
+                    log.warning("workers: %d message(s) from smtp worker %d's journal delivered from there",
+                                adopted, index)
                 self._spawn(index)
 
     @property
@@ -292,11 +304,11 @@ class WorkerPool:
 
     def signal_all(self, signum: int) -> None:
         for proc, _ in self._procs.values():
-            if proc.pid and proc.is_alive():
-                os.kill(proc.pid, signum)
+            if proc.is_alive():
+                proc.send_signal(signum)
 
     async def stop(self) -> None:
-        """SIGTERM every worker (each drains its sessions) and wait for them."""
+        """SIGTERM every worker (each drains its sessions), wait for them, then let the fork server go."""
         self._stopping = True
         if self._watch:
             self._watch.cancel()
@@ -309,6 +321,8 @@ class WorkerPool:
             loop.remove_reader(conn.fileno())
             self._drain(conn)  # apply what the worker sent last before it exited
             conn.close()
+            proc.close()
+        await loop.run_in_executor(None, self._server.close)
 
     def _drain(self, conn: Connection) -> None:
         with contextlib.suppress(ValueError):  # closed already

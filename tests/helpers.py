@@ -228,11 +228,14 @@ class Gateway:
         self.proc.wait()
 
     def kill_all(self) -> None:
-        """kill -9 the daemon and every worker process it started."""
+        """kill -9 the daemon and every process below it (the workers' fork server, the workers)."""
         assert self.proc is not None
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        below, parents = [], [str(self.proc.pid)]
+        while parents:
+            parents = subprocess.run(["pgrep", "-P", ",".join(parents)], capture_output=True, text=True).stdout.split()
+            below += parents
         self.proc.kill()
-        for pid in children:
+        for pid in below:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
         self.proc.wait()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import zlib
 from collections import Counter
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
 from sesmail_gateway import replies
@@ -65,7 +65,7 @@ class SharedLimits:
     """
 
     def __init__(self, *, max_connections: int, max_per_ip: int, slots: int,
-                 context: SpawnContext | None = None) -> None:
+                 context: BaseContext | None = None) -> None:
         ctx = context or multiprocessing.get_context("spawn")
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip

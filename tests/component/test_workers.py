@@ -1,16 +1,68 @@
-"""Scenarios with several SMTP worker processes sharing the port."""
+"""Scenarios with several SMTP worker processes sharing the port.
+
+The process tree: the daemon, one fork server (``sesmail-forks``) forked
+from it before it starts any thread, and the workers (``sesmail-smtp-N``)
+forked from that server.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from sesmail_gateway.smtp.limits import SharedLimits
 from tests.conftest import Gateway, wait_for
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return sorted(int(child) for child in found)
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def fork_tree(gateway: Gateway, workers: int = 2) -> tuple[int, list[int]] | None:
+    """(the fork server's pid, its workers' pids) once all ``workers`` run, else None."""
+    assert gateway.proc is not None
+    servers = [pid for pid in children(gateway.proc.pid) if comm(pid) == "sesmail-forks"]
+    if len(servers) != 1:
+        return None
+    forked = children(servers[0])
+    return (servers[0], forked) if len(forked) == workers else None
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (a zombie counts as gone)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
+def send(port: int, count: int, subject: str) -> None:
+    for n in range(count):  # new connections spread over the workers
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            refused = smtp.sendmail("s@sender.test", ["bob@example.test"],
+                                    f"From: s@sender.test\r\nSubject: {subject} {n}\r\n\r\nbody\r\n")
+            assert refused == {}
 
 
 def banner(port: int) -> tuple[socket.socket, bytes]:
@@ -54,11 +106,8 @@ def test_02_connection_limits_hold_across_workers_and_survive_a_worker_crash(
     sock.close()
 
     # kill -9 one worker while it holds sessions: its counts must not leak.
-    assert gateway.proc is not None
-    workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid), "-f", "spawn_main"],
-                             capture_output=True, text=True).stdout.split()
-    assert len(workers) >= 2
-    subprocess.run(["kill", "-9", workers[0]], check=True)
+    tree = wait_for(lambda: fork_tree(gateway))
+    os.kill(tree[1][0], signal.SIGKILL)
     for sock, _ in held:
         sock.close()
 
@@ -91,19 +140,93 @@ def test_03_shared_limits_count_every_slot_and_reset_clears_one() -> None:
     assert first.acquire("192.0.2.1") is None
 
 
-def test_04_workers_do_not_outlive_a_killed_main_process(make_gateway: Callable[..., Gateway]) -> None:
+def test_04_no_worker_nor_fork_server_outlives_a_killed_main_process(make_gateway: Callable[..., Gateway]) -> None:
     gateway = make_gateway({"smtp": {"workers": 2}})
-    assert gateway.proc is not None
-    workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid), "-f", "spawn_main"],
-                             capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2
+    server, workers = wait_for(lambda: fork_tree(gateway))
     gateway.kill()  # kill -9 the main process only
 
-    def gone() -> bool:
-        alive = subprocess.run(["ps", "-o", "pid=", "-p", ",".join(workers)], capture_output=True, text=True)
-        return not alive.stdout.strip()
-
-    wait_for(gone, timeout=20)
+    wait_for(lambda: not alive([server, *workers]), timeout=20)
     refused = socket.socket()
     assert refused.connect_ex(("127.0.0.1", gateway.port)) != 0  # nobody left on the port
     refused.close()
+
+
+def test_05_workers_come_from_one_fork_server_that_holds_nothing_open_and_replaces_a_killed_worker(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway({"smtp": {"workers": 2}})
+    server, workers = wait_for(lambda: fork_tree(gateway))
+    assert [comm(pid) for pid in workers] == ["sesmail-smtp-0", "sesmail-smtp-1"]
+    # Forked before the daemon locked its data dir or opened anything in it: a server left behind
+    # could not keep the lock, the spool or the rules open.
+    opened = [os.readlink(fd) for fd in Path(f"/proc/{server}/fd").iterdir()]
+    assert not [path for path in opened if path.startswith(str(gateway.data_dir))], opened
+    send(gateway.port, 6, "before")
+    gateway.wait_delivered(6)
+
+    os.kill(workers[0], signal.SIGKILL)
+    tree = wait_for(lambda: (t := fork_tree(gateway)) and workers[0] not in t[1] and t, timeout=20)
+    assert tree[0] == server and workers[1] in tree[1]  # the same server forked the replacement
+    gateway.signal(signal.SIGHUP)  # forwarded to the workers: they reload, nobody dies
+    wait_for(lambda: "reload:" in gateway.log())
+    send(gateway.port, 6, "after")
+    gateway.wait_delivered(12)
+    assert fork_tree(gateway) == tree
+
+    assert gateway.stop() == 0
+    assert not alive([server, *tree[1]])
+
+
+def test_06_a_killed_fork_server_stops_the_daemon_with_status_1_and_leaves_nothing_behind(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway({"smtp": {"workers": 2}})
+    server, workers = wait_for(lambda: fork_tree(gateway))
+    os.kill(server, signal.SIGKILL)  # the workers drain and exit; no new one can be forked
+
+    assert gateway.proc is not None
+    assert gateway.proc.wait(30) == 1  # systemd's Restart=on-failure starts it afresh
+    assert "the fork server is gone" in gateway.log()
+    assert not alive([server, *workers])
+
+
+def test_07_a_second_daemon_on_the_same_data_dir_exits_2_and_its_fork_server_with_it(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    first = make_gateway({"smtp": {"workers": 2}})
+    second = make_gateway({"smtp": {"workers": 2}}, subdir="second", start=False)
+    second.config.write_text(second.config.read_text().replace(str(second.data_dir), str(first.data_dir)))
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 2
+    lines = second.log().strip().splitlines()
+    assert len(lines) == 1 and "is in use by another sesmail-gateway" in lines[0]
+
+    def left_behind() -> list[str]:  # the fork server runs the daemon's command line
+        return subprocess.run(["pgrep", "-f", str(second.config)], capture_output=True, text=True).stdout.split()
+
+    wait_for(lambda: not left_behind())
+    send(first.port, 2, "still here")
+    first.wait_delivered(2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_08_a_signal_to_every_process_of_the_tree_is_handled_by_the_daemon(
+    make_gateway: Callable[..., Gateway], signum: int,
+) -> None:
+    """systemd sends SIGTERM to every process of the unit, a terminal sends ^C to the whole process group."""
+    gateway = make_gateway({"smtp": {"workers": 2}})
+    server, workers = wait_for(lambda: fork_tree(gateway))
+    assert gateway.proc is not None
+    for pid in [gateway.proc.pid, server, *workers]:
+        os.kill(pid, signum)
+    if signum == signal.SIGHUP:  # a reload: nobody dies, mail still flows
+        wait_for(lambda: "reload:" in gateway.log())
+        send(gateway.port, 2, "after reload")
+        gateway.wait_delivered(2)
+        assert fork_tree(gateway) == (server, workers)
+        return
+    assert gateway.proc.wait(30) == 0
+    assert not alive([server, *workers])
+    assert "exited with" not in gateway.log()  # every worker ended by draining, none by the signal itself
+    assert "Traceback" not in gateway.log()
