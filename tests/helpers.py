@@ -230,12 +230,23 @@ class Gateway:
     def kill_all(self) -> None:
         """kill -9 the daemon and every process below it (the workers' fork server, the workers)."""
         assert self.proc is not None
-        below, parents = [], [str(self.proc.pid)]
-        while parents:
-            parents = subprocess.run(["pgrep", "-P", ",".join(parents)], capture_output=True, text=True).stdout.split()
-            below += parents
-        self.proc.kill()
-        for pid in below:
+        # Freeze the tree first (until no new process appears): a worker forked meanwhile must not
+        # outlive its killed parents and go on draining its sessions.
+        frozen: list[str] = []
+        while True:
+            below, parents = [], [str(self.proc.pid)]
+            while parents:
+                parents = subprocess.run(["pgrep", "-P", ",".join(parents)], capture_output=True,
+                                         text=True).stdout.split()
+                below += parents
+            found = [pid for pid in [str(self.proc.pid), *below] if pid not in frozen]
+            if not found:
+                break
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGSTOP)
+            frozen += found
+        for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
         self.proc.wait()

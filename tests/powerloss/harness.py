@@ -103,17 +103,24 @@ class PowerLossFS:
                 found.append(int(proc.name))
         return found
 
+    def mounted(self) -> bool:
+        """Whether the mount is still there (from the mount table: a stat of a cut mount fails)."""
+        mount = str(self.mountpoint)
+        with open("/proc/self/mountinfo") as table:
+            return any(line.split()[4] == mount for line in table)
+
     def unmount(self) -> dict[str, Any]:
         """Unmount; after a cut, the backing folder is rolled back. Returns the filesystem's summary."""
         assert self.proc is not None
         deadline = time.monotonic() + 20
         tool = shutil.which("fusermount3") or "fusermount"
-        for pid in self.holders():  # the power is off for them too
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         while True:
+            for pid in self.holders():  # the power is off for them too (and for any still dying)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             done = subprocess.run([tool, "-u", str(self.mountpoint)], capture_output=True, text=True)
-            if done.returncode == 0 or not os.path.ismount(self.mountpoint):
+            # The mount table, not os.path.ismount: a stat of a cut mount fails, which ismount takes for "no".
+            if done.returncode == 0 or not self.mounted():
                 break
             if time.monotonic() > deadline:  # something still holds it open: detach it anyway
                 subprocess.run([tool, "-u", "-z", str(self.mountpoint)], check=True)

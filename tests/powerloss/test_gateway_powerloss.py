@@ -68,9 +68,23 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_everything(gateway: Gateway) -> None:
-    """kill -9 the daemon and every process it started."""
+    """kill -9 the daemon and every process it started, as a power cut stops them: all at once.
+
+    The tree is frozen first (SIGSTOP until no new process appears), so a
+    worker the fork server forks meanwhile cannot slip out from under a
+    dead parent and go on draining its sessions on the mount.
+    """
     assert gateway.proc is not None
-    for pid in [gateway.proc.pid, *descendants(gateway.proc.pid)]:
+    frozen: list[int] = []
+    while True:
+        found = [pid for pid in [gateway.proc.pid, *descendants(gateway.proc.pid)] if pid not in frozen]
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen += found
+    for pid in frozen:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     gateway.proc.wait()
