@@ -254,17 +254,23 @@ async def test_a_gmail_import_recorded_before_a_crash_is_not_made_again(tmp_path
     assert samples == ({"skipped": 1.0, "repeated": 0.0} if recorded else {"skipped": 0.0, "repeated": 1.0})
 
 
-async def test_a_journal_left_by_a_worker_of_an_earlier_daemon_is_adopted_once_idle(tmp_path: Path) -> None:
-    target = ScriptedTarget()
-    spool, runner, stop = await wired(tmp_path, {"maildir": target})
-    # A worker of the daemon before this one drained its last session after this one had started.
+async def journaled_by_a_process_that_is_gone(tmp_path: Path) -> QueueItem:
+    """A message journaled (and acknowledged) by an SMTP process that told no runner, then went away."""
     other = Spool(tmp_path / "spool")
     other.on_accepted = lambda accepted: None
     other.on_sealed = lambda name, broken, records: None
     item = make_item("mail")
     await other.enqueue(item, BODY)
     assert other._journal is not None
-    other._journal.seal()
+    other._journal.seal()  # gone: its lock with it
+    return item
+
+
+async def test_a_journal_left_by_a_worker_of_an_earlier_daemon_is_adopted_once_idle(tmp_path: Path) -> None:
+    target = ScriptedTarget()
+    spool, runner, stop = await wired(tmp_path, {"maildir": target})
+    # A worker of the daemon before this one drained its last session after this one had started.
+    item = await journaled_by_a_process_that_is_gone(tmp_path)
     [path] = [tmp_path / "spool" / "journal" / name for name in journals(spool)]
     assert await runner.adopt(idle_for=60.0) == 0  # written just now: its writer may still report it
     os.utime(path, (time.time() - 120, time.time() - 120))
@@ -279,13 +285,7 @@ async def test_the_journal_of_a_dead_smtp_worker_is_adopted_by_its_pid(tmp_path:
     target = ScriptedTarget()
     spool, runner, stop = await wired(tmp_path, {"maildir": target})
     # The worker journaled and acknowledged a message, and died before it could tell the runner.
-    worker = Spool(tmp_path / "spool")
-    worker.on_accepted = lambda accepted: None
-    worker.on_sealed = lambda name, broken, records: None
-    item = make_item("mail")
-    await worker.enqueue(item, BODY)
-    assert worker._journal is not None
-    worker._journal.seal()  # dead: its lock is gone
+    item = await journaled_by_a_process_that_is_gone(tmp_path)
     assert await runner.adopt(pid=os.getpid() + 1) == 0  # another worker's journals only
     assert await runner.adopt(pid=os.getpid()) == 1
     await until(lambda: target.calls == [(item.id, "mail")])
