@@ -172,7 +172,6 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._down_file = spool.root / DESTINATIONS_FILE
         self.delivered_log = DeliveredLog(spool.root / "delivered", spool.syncs)
-        self._replay_counts = (0, 0)  # remote deliveries skipped / possibly repeated by the start-up replay
 
     # -- life cycle ----------------------------------------------------------
 
@@ -186,9 +185,8 @@ class Runner:
                      report.resumed, report.discarded_tmp, report.corrupt)
         await self._run(self.delivered_log.load)
         if adopting:
-            replayed = await self.adopt()
+            replayed, skipped, repeated = await self._adopt()
             if replayed:
-                skipped, repeated = self._replay_counts
                 log.warning("spool: %d message(s) from the journals of the last run delivered again: Maildir and "
                             "archive copies are replaced, not doubled; %d remote delivery(ies) recorded as made "
                             "were skipped; %d not recorded may be made twice", replayed, skipped, repeated)
@@ -239,6 +237,10 @@ class Runner:
 
     async def adopt(self, pid: int | None = None, idle_for: float = 0.0) -> int:
         """Deliver what orphaned journal segments hold (start-up; or SMTP worker ``pid`` died). Returns how many."""
+        return (await self._adopt(pid, idle_for))[0]
+
+    async def _adopt(self, pid: int | None = None, idle_for: float = 0.0) -> tuple[int, int, int]:
+        """``adopt``; also how many remote deliveries were skipped as made and how many may be made twice."""
         found = await self._run(lambda: list(self.spool.adopt(self.spool.orphaned_segments(pid, idle_for=idle_for))))
         skipped = repeated = 0
         for accepted in found:
@@ -247,8 +249,7 @@ class Runner:
             self._take(accepted)
         self.metrics.replayed.labels(outcome="skipped").inc(skipped)
         self.metrics.replayed.labels(outcome="repeated").inc(repeated)
-        self._replay_counts = (skipped, repeated)
-        return len(found)
+        return len(found), skipped, repeated
 
     async def _backlog(self) -> None:
         turns = 0
@@ -289,12 +290,7 @@ class Runner:
         waiting = set(self._memory) if sealed_before is None else self.spool.segments.waiting_since(sealed_before)
         written = 0
         for queue_id in waiting:
-            accepted = self._memory.pop(queue_id, None)
-            if accepted is None:
-                continue  # under way, or written already
-            self._in_memory[queue_id] = self._message_of(accepted)
-            self._ensure_folder(accepted.item)
-            written += 1
+            written += self._write_waiting(queue_id)  # False: under way, or written already
         if written and sealed_before is not None:
             log.warning("runner: %d accepted message(s) waited over %.0f s; written to the queue's folders",
                         written, BACKLOG_SECONDS)
@@ -311,10 +307,16 @@ class Runner:
             if not self.reserve(queue_id, OPERATOR_WAIT):
                 raise QueueOpError(f"message {queue_id} is being delivered right now; try again in a moment")
             self.unreserve(queue_id)
+        self._write_waiting(queue_id)
+
+    def _write_waiting(self, queue_id: str) -> bool:
+        """A message accepted and not tried yet gets its folder now (it is tried from there); False if none waits."""
         accepted = self._memory.pop(queue_id, None)
-        if accepted is not None:
-            self._in_memory[queue_id] = self._message_of(accepted)
-            self._ensure_folder(accepted.item)
+        if accepted is None:
+            return False
+        self._in_memory[queue_id] = self._message_of(accepted)
+        self._ensure_folder(accepted.item)
+        return True
 
     def _ensure_folder(self, item: QueueItem) -> None:
         """A message delivered from its journal record that must outlive it: a durable folder in its state."""
@@ -588,7 +590,6 @@ class Runner:
                 and self._park(item, waiting_for):
             return None
         if item.pending() or item.failed():
-            self._ensure_folder(item)
             self.spool.sync_now()  # the record saved next must not outrun the files it describes
         self._settle(item)
         return item
