@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sesmail_gateway import journal, maillog
+from sesmail_gateway import maillog
 from sesmail_gateway.archive import Archiver
 from sesmail_gateway.bounce import Bouncer
 from sesmail_gateway.config import DeliveryConfig
@@ -270,8 +270,7 @@ class Runner:
 
     def _prune_delivered(self) -> None:
         """Drop generations of the delivered log older than every journal segment and than a minute ago."""
-        segments = [journal.created_ns(p) for p in journal.journal_files(self.spool.root / "journal")]
-        self.delivered_log.prune(min(segments) if segments else None, time.time_ns() - 60_000_000_000)
+        self.delivered_log.prune(self.spool.oldest_journal_ns(), time.time_ns() - 60_000_000_000)
 
     def hung(self) -> dict[str, float]:
         """Attempts under way for longer than HANG_SECONDS: queue id -> seconds. Logged once each."""

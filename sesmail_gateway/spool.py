@@ -339,23 +339,28 @@ class Spool:
                     continue
                 if self.segments.seen(name, item.id):
                     continue
-                if self._kept_elsewhere(item, record.message):
+                if self._kept_copy(item, record.message) is not None:
                     self.segments.known(name, item.id)
                 elif self.segments.accepted(name, item.id):
                     log.warning("spool: %s restored from the journal", item.id)
                     yield Accepted(item, name, offset)
             self.segments.sealed(name, broken=False, records=records)
 
-    def _kept_elsewhere(self, item: QueueItem, message: bytes) -> bool:
-        if (self.root / DONE / item.id).exists():
-            return True
+    def _kept_copy(self, item: QueueItem, message: bytes) -> Path | None:
+        """Where a journaled message lives on: its tombstone in done/, or a whole folder. None: nowhere.
+
+        A folder a crash tore is removed (the journal record has the whole message).
+        """
+        retired = self.root / DONE / item.id
+        if retired.exists():
+            return retired
         for state in STATES:
             folder = self.root / state / item.id
             if folder.exists():
                 if self._intact(folder, message):
-                    return True
-                shutil.rmtree(folder)  # torn by the crash: the record has the whole message
-        return False
+                    return folder
+                shutil.rmtree(folder)
+        return None
 
     def orphaned_segments(self, pid: int | None = None, *, idle_for: float = 0.0) -> list[Path]:
         """Journal segments no live process holds (of process ``pid`` only, when given).
@@ -495,8 +500,8 @@ class Spool:
         except FileNotFoundError:
             log.warning("spool: %s vanished before it could be retired", item.id)
 
-    def _sweep_done(self) -> None:
-        """Delete done/ entries older than every journal that still holds records."""
+    def oldest_journal_ns(self) -> int | None:
+        """When the oldest journal that still holds records was started (None: there is none)."""
         live = []
         for path in journal.journal_files(self.root / JOURNAL):
             try:
@@ -504,8 +509,13 @@ class Spool:
                     live.append(journal.created_ns(path))
             except FileNotFoundError:
                 continue  # retired by its owner meanwhile
+        return min(live) if live else None
+
+    def _sweep_done(self) -> None:
+        """Delete done/ entries older than every journal that still holds records."""
+        oldest = self.oldest_journal_ns()
         # ctime comes from the kernel's coarse clock (a few ms behind time_ns): keep a margin.
-        horizon = (min(live) if live else time.time_ns()) - CLOCK_MARGIN_NS
+        horizon = (time.time_ns() if oldest is None else oldest) - CLOCK_MARGIN_NS
         for entry in os.scandir(self.root / DONE):
             try:
                 retired_at = entry.stat().st_ctime_ns
@@ -710,15 +720,9 @@ class Spool:
         except (ValueError, TypeError):
             log.error("spool: journal record with unreadable metadata skipped")
             return None, 0
-        if (self.root / DONE / item.id).exists():
-            return None, 0
-        for state in STATES:
-            folder = self.root / state / item.id
-            if not folder.exists():
-                continue
-            if self._intact(folder, record.message):
-                return folder, 0
-            shutil.rmtree(folder)  # torn by the crash: the journal has the whole message
+        kept = self._kept_copy(item, record.message)
+        if kept is not None:
+            return (None if kept.parent.name == DONE else kept), 0
         shutil.rmtree(self.root / TMP / item.id, ignore_errors=True)
         # Back to the state it was accepted in: a message refused at DATA stays refused.
         folder = self.root / (item.state if item.state in (INCOMING, REJECTED) else INCOMING) / item.id
