@@ -177,8 +177,10 @@ def test_a_torn_or_corrupted_tail_never_hides_an_intact_record_before_it(
     for name, tail in (("torn", torn + garbage), ("corrupt", bytes(corrupted) + garbage)):
         path = folder / f"{name}.wal"
         path.write_bytes(intact + tail)
-        # Every record before the damage is read; the damaged one never (the CRC covers it).
-        assert [(r.meta, r.message) for r in journal.read_records(path)] == items[:-1], name
+        # Every record before the damage is read; the damaged one never (the CRC covers it). A tail
+        # whose garbage happens to put back exactly the bytes that were cut off is no damage at all.
+        whole = name == "torn" and tail.startswith(last)
+        assert [(r.meta, r.message) for r in journal.read_records(path)] == (items if whole else items[:-1]), name
 
 
 def test_a_journal_of_intact_records_reads_back_whole(tmp_path: Path) -> None:
