@@ -1,7 +1,7 @@
-"""Composition root: config → stores → spool → runner + SMTP server; signals and sd_notify.
+"""The daemon: data-dir lock, sockets, start and stop order, signals, health, sd_notify.
 
-Only this module chooses implementations (SQLite or DynamoDB, folder or S3,
-Maildir or Gmail); everything else sees the small protocols.
+What it runs is built in ``compose`` (the composition root); this module
+keeps the life cycle.
 """
 
 from __future__ import annotations
@@ -10,105 +10,24 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Mapping
 from typing import Any
 
-from sesmail_gateway import aws, control, sdnotify
-from sesmail_gateway.archive import Archiver
-from sesmail_gateway.archive.local import FolderArchiver
-from sesmail_gateway.archive.s3 import S3Archiver
-from sesmail_gateway.bounce import Bouncer
-from sesmail_gateway.bounce.ses import SesSender
-from sesmail_gateway.checks.inspector import Inspector
+from sesmail_gateway import control, sdnotify
 from sesmail_gateway.cloudwatch import CloudWatchPublisher
+from sesmail_gateway.compose import SmtpSide, build_delivery_side, build_smtp_side
 from sesmail_gateway.config import Config, ConfigError
 from sesmail_gateway.control import ControlServer
-from sesmail_gateway.deliver import Deliverer
-from sesmail_gateway.deliver.bounce import RuleBounce
-from sesmail_gateway.deliver.gmail import GmailDeliverer
-from sesmail_gateway.deliver.maildir import MaildirDeliverer
-from sesmail_gateway.fsutil import PendingSyncs, ensure_dir
+from sesmail_gateway.fsutil import ensure_dir
 from sesmail_gateway.metrics import Metrics, MetricsServer
 from sesmail_gateway.queue_ops import QueueOpError
-from sesmail_gateway.routes import Action, RouteStore, Rule
-from sesmail_gateway.routes.factory import open_route_store
-from sesmail_gateway.routes.records import utc_now
-from sesmail_gateway.routes.resolver import RouteResolver
-from sesmail_gateway.runner import Runner
-from sesmail_gateway.scan.factory import build_scanning
-from sesmail_gateway.smtp.handler import GatewayHandler
-from sesmail_gateway.smtp.server import SMTPServer
-from sesmail_gateway.spool import Spool, run_checkpoints
-from sesmail_gateway.tokens import ClientCredentials, TokenStore
-from sesmail_gateway.tokens.factory import load_client, open_token_store
-from sesmail_gateway.tokens.watcher import TokenWatcher
+from sesmail_gateway.spool import run_checkpoints
 from sesmail_gateway.workers import Forks, WorkerPool, worker_count
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAILDIR = "mail"
-
-
-def open_archiver(config: Config, syncs: PendingSyncs) -> Archiver:
-    scheme, _, rest = config.archive.url.partition("://")
-    if scheme == "file":
-        return FolderArchiver(config.data_path(rest or "archive"), syncs)
-    if scheme == "s3":
-        bucket, _, prefix = rest.partition("/")
-        if not bucket:
-            raise ConfigError(f"archive.url: expected s3://BUCKET/PREFIX, got {config.archive.url!r}")
-        return S3Archiver(bucket, prefix, aws_config=config.aws, kms_key_id=config.archive.kms_key_id)
-    raise ConfigError(f"archive.url: the {scheme}:// archive is not available in this version")
-
-
-def open_bouncer(config: Config, spool: Spool) -> Bouncer | None:
-    """With ``bounce.mode = "dsn"``, dead letters may earn a DSN sent through SES."""
-    if config.bounce.mode != "dsn":
-        return None
-    if not (config.aws.region or config.aws.endpoint_url or aws.default_region()):
-        # The local default: the dead-letter record carries the reason; nothing is sent.
-        log.warning("bounce.mode = dsn without an AWS region (aws.region): DSNs are not sent through SES; "
-                    "dead letters keep the reason")
-        return None
-    return Bouncer(sender=SesSender(config.aws), from_address=config.bounce.sender,
-                   reporting_mta=config.gateway.hostname, message_path=spool.message_path)
-
-
-def open_gmail(config: Config, metrics: Metrics) -> tuple[GmailDeliverer, TokenStore]:
-    store = open_token_store(config)
-
-    def client() -> ClientCredentials | None:
-        return load_client(config, store)
-
-    deliverer = GmailDeliverer(
-        store=store, client=client, label_ids=config.gmail.label_ids, api_endpoint=config.gmail.api_endpoint,
-        token_uri=config.gmail.token_uri,
-        on_import=lambda account, seconds: metrics.gmail_import_seconds.observe(seconds),
-    )
-    return deliverer, store
-
-
-def build_deliverers(config: Config, syncs: PendingSyncs, gmail: GmailDeliverer) -> Mapping[str, Deliverer]:
-    return {
-        "maildir": MaildirDeliverer(config.data_dir, syncs),
-        "bounce": RuleBounce(),
-        "forward-to-gmail": gmail,
-    }
-
-
-def seed_default_route(store: RouteStore, config: Config) -> bool:
-    """On the embedded SQLite store, an empty rule table gets ``*`` → Maildir ``mail/``."""
-    if not config.rules.url.startswith("sqlite://") or store.list():
-        return False
-    now = utc_now()
-    store.put(Rule(pattern="*", actions=(Action("maildir", DEFAULT_MAILDIR),),
-                   description="catch-all seeded on first start", created_at=now, updated_at=now))
-    log.info("routes: empty rule table; seeded catch-all * -> maildir %s", DEFAULT_MAILDIR)
-    return True
-
 
 class Gateway:
-    """The daemon: everything wired together, started and stopped as one."""
+    """The daemon: what compose builds, started, watched and stopped as one."""
 
     def __init__(self, config: Config, forks: Forks | None = None) -> None:
         self.config = config
@@ -124,35 +43,17 @@ class Gateway:
             except OSError as exc:
                 raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
                                   f"{exc.strerror}") from None
-        self.spool = Spool(config.data_dir / "spool", on_commit=self.metrics.observe_commit, sweeper=True)
-        self.metrics.track_queue(self.spool.counts)
-        self.store = open_route_store(config)
-        seed_default_route(self.store, config)
-        self.resolver = RouteResolver(self.store, cache_seconds=config.rules.cache_seconds)
-        self.gmail, token_store = open_gmail(config, self.metrics)
-        self.runner = Runner(
-            spool=self.spool, archiver=open_archiver(config, self.spool.syncs),
-            deliverers=build_deliverers(config, self.spool.syncs, self.gmail),
-            config=config.delivery, metrics=self.metrics, bouncer=open_bouncer(config, self.spool),
-        )
-        self.metrics.track_destinations(self.runner.destinations.status)
-        self.tokens = TokenWatcher(store=token_store, deliverer=self.gmail, runner=self.runner,
-                                   config=config.gmail, metrics=self.metrics)
+        delivery = build_delivery_side(config, self.metrics)
+        self.spool = delivery.spool
+        self.store = delivery.store
+        self.runner = delivery.runner
+        self.tokens = delivery.tokens
         self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
-        self.spool.on_ready = self.runner.notify
-        # Accepted messages go from the journal straight to the runner; the runner retires the segments.
-        self.spool.on_accepted = self.runner.accept
-        self.spool.on_sealed = self.spool.segments.sealed
         # One worker: SMTP runs in this process. More: worker processes share the port.
-        self.smtp: SMTPServer | None = None
+        self.smtp: SmtpSide | None = None
         self.pool: WorkerPool | None = None
-        self.inspector: Inspector | None = None
         if worker_count(config) == 1:
-            self.inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
-            handler = GatewayHandler(config=config, resolver=self.resolver, spool=self.spool, metrics=self.metrics,
-                                     inspector=self.inspector,
-                                     scanning=build_scanning(config, observe=self.metrics.scan_result))
-            self.smtp = SMTPServer(config, handler)
+            self.smtp = build_smtp_side(config, spool=self.spool, store=self.store, metrics=self.metrics)
         else:
             # serve() forks the fork server before anything is open; one forked here would inherit the lock.
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
@@ -166,7 +67,7 @@ class Gateway:
         self.bound: list[tuple[str, int]] = []
 
     def healthy(self) -> tuple[bool, str]:
-        if self.smtp is not None and not self.smtp.listening:
+        if self.smtp is not None and not self.smtp.server.listening:
             return False, "smtp not listening"
         if self.pool is not None and not self.pool.healthy:
             return False, "smtp worker(s) down"
@@ -185,7 +86,7 @@ class Gateway:
         self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
         self._token_watch = asyncio.create_task(self.tokens.run())
         if self.smtp is not None:
-            self.bound = await self.smtp.start()
+            self.bound = await self.smtp.server.start()
         if self.pool is not None:
             await self.pool.start(abort=self._stop)
         if self.metrics_server is not None:
@@ -214,9 +115,8 @@ class Gateway:
     def reload(self) -> None:
         """SIGHUP: forget cached routes and re-read the token store."""
         self.tokens.wake()
-        self.resolver.invalidate()
-        if self.inspector is not None:
-            self.inspector.invalidate()
+        if self.smtp is not None:
+            self.smtp.reload()
         if self.pool is not None:
             self.pool.signal_all(signal.SIGHUP)
         log.info("reload: rule and DNS caches cleared, token store re-read")
@@ -228,7 +128,7 @@ class Gateway:
         sdnotify.notify("STOPPING=1")
         log.info("shutdown: draining SMTP sessions")
         if self.smtp is not None:
-            await self.smtp.drain(timeout=self.config.smtp.data_timeout)
+            await self.smtp.server.drain(timeout=self.config.smtp.data_timeout)
         if self.pool is not None:
             await self.pool.stop()
         await self.control.stop()

@@ -81,7 +81,7 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0), registry=r,
         )
 
-    # The session-side events: also implemented by workers.MetricsRelay in worker processes.
+    # The session-side events: also implemented by relay.MetricsRelay in worker processes.
 
     def observe_commit(self, seconds: float, batch: int) -> None:
         self.fsync_seconds.observe(seconds)

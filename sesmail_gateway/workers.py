@@ -20,16 +20,17 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+from sesmail_gateway.compose import build_worker_side
 from sesmail_gateway.config import Config
 from sesmail_gateway.forkserver import Child, ForkServer
 from sesmail_gateway.metrics import Metrics
+from sesmail_gateway.relay import APPLICABLE, MetricsRelay
 from sesmail_gateway.smtp.limits import SharedLimits
-from sesmail_gateway.spool import Accepted
+from sesmail_gateway.spool import run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -40,117 +41,21 @@ def worker_count(config: Config) -> int:
     return config.smtp.workers or os.cpu_count() or 1
 
 
-class MetricsRelay:
-    """SessionMetrics in a worker: events are batched and sent to the main process.
-
-    It also carries each accepted message's journal record (metadata,
-    segment, offset) to the runner at once, and the news that a segment is
-    sealed (from the checkpoint's thread: hence the lock).
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._events: list[tuple[str, tuple[Any, ...]]] = []
-        self._lock = threading.Lock()
-        self._flush_scheduled = False
-        self._accepted = (0, 0)  # messages, bytes
-        self._auth: dict[tuple[str, str], int] = {}
-
-    def accepted(self, accepted: Accepted) -> None:
-        with self._lock:
-            self._events.append(("accepted", (accepted.meta, accepted.segment, accepted.offset)))
-        if not self._flush_scheduled:  # one pipe write per turn of the loop, not per message
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
-
-    def _flush_now(self) -> None:
-        self._flush_scheduled = False
-        with contextlib.suppress(OSError):  # a broken pipe: the main process is gone
-            self.flush()
-
-    def sealed(self, segment: str, broken: bool, records: int) -> None:
-        with self._lock:
-            self._events.append(("sealed", (segment, broken, records)))
-
-    def _add(self, name: str, args: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._events.append((name, args))
-
-    def observe_commit(self, seconds: float, batch: int) -> None:
-        self._add("observe_commit", (seconds, batch))
-
-    def message_accepted(self, size: int) -> None:
-        with self._lock:  # summed until the next flush: one event per flush, not per message
-            self._accepted = (self._accepted[0] + 1, self._accepted[1] + size)
-
-    def refused(self, reason: str) -> None:
-        self._add("refused", (reason,))
-
-    def connection_refused(self, outcome: str) -> None:
-        self._add("connection_refused", (outcome,))
-
-    def auth_result(self, method: str, result: str) -> None:
-        with self._lock:
-            self._auth[(method, result)] = self._auth.get((method, result), 0) + 1
-
-    def scan_result(self, scanner: str, result: str, seconds: float) -> None:
-        self._add("scan_result", (scanner, result, seconds))
-
-    def queued(self, queue_id: str) -> None:
-        self._add("queued", (queue_id,))
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._accepted[0]:
-                self._events.append(("messages_accepted", self._accepted))
-                self._accepted = (0, 0)
-            for (method, result), count in self._auth.items():
-                self._events.append(("auth_result", (method, result, count)))
-            self._auth.clear()
-            if self._events:
-                events, self._events = self._events, []
-                self._conn.send(("events", events))
-
-
-APPLICABLE = frozenset({"observe_commit", "messages_accepted", "refused", "connection_refused", "auth_result",
-                        "scan_result"})
-
-
 def run_worker(config: Config, limits: SharedLimits, index: int, fd: int) -> None:
     """Entry point of a worker process, forked by the fork server (logging is set up already)."""
     asyncio.run(_worker(config, index, Connection(fd, readable=False), limits))
 
 
 async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
-    from sesmail_gateway.checks.inspector import Inspector
-    from sesmail_gateway.routes.factory import open_route_store
-    from sesmail_gateway.routes.resolver import RouteResolver
-    from sesmail_gateway.scan.factory import build_scanning
-    from sesmail_gateway.smtp.handler import GatewayHandler
-    from sesmail_gateway.smtp.server import SMTPServer
-    from sesmail_gateway.spool import Spool, run_checkpoints
-
     relay = MetricsRelay(conn)
-    # Accepted messages go to the runner as journal records; the main process adopts a dead worker's journals.
-    spool = Spool(config.data_dir / "spool", on_commit=relay.observe_commit, on_ready=relay.queued,
-                  on_accepted=relay.accepted, on_sealed=relay.sealed)
-    store = open_route_store(config)
-    resolver = RouteResolver(store, cache_seconds=config.rules.cache_seconds)
-    inspector = Inspector(config=config.checks, hostname=config.gateway.hostname)
-    handler = GatewayHandler(config=config, resolver=resolver, spool=spool, metrics=relay, inspector=inspector,
-                             scanning=build_scanning(config, observe=relay.scan_result))
-    server = SMTPServer(config, handler, limits.bind(index))
+    worker = build_worker_side(config, relay, limits.bind(index))
+    smtp = worker.smtp
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides
-
-    def reload() -> None:
-        resolver.invalidate()
-        inspector.invalidate()
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    await server.start()
+    loop.add_signal_handler(signal.SIGHUP, smtp.reload)
+    await smtp.server.start()
     conn.send(("ready", index))
 
     parent = os.getppid()
@@ -166,15 +71,15 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
                 return
 
     flushing = asyncio.create_task(flusher())
-    checkpoints = asyncio.create_task(run_checkpoints(spool))
+    checkpoints = asyncio.create_task(run_checkpoints(worker.spool))
     await stop.wait()
-    await server.drain(timeout=config.smtp.data_timeout)
+    await smtp.server.drain(timeout=config.smtp.data_timeout)
     checkpoints.cancel()
-    await spool.close()
+    await worker.spool.close()
     flushing.cancel()
     with contextlib.suppress(OSError):
         relay.flush()
-    store.close()
+    worker.store.close()
     conn.close()
 
 
