@@ -2,7 +2,7 @@
 
 A token store keeps one refresh token per Gmail account (``file://`` here,
 ``ssm://`` on AWS) and, optionally, the OAuth client (``client_secret.json``).
-Only ``app.py`` and the CLI choose a store; delivery and the ``token``
+Only ``compose.py`` and the CLI choose a store; delivery and the ``token``
 commands see this protocol. Secrets never leave a ``StoredToken`` through
 ``repr`` or ``str``: a log line or a traceback that names one shows the
 account, never the token.
