@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import smtplib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +33,7 @@ from sesmail_gateway.routes import Action, Rule
 from sesmail_gateway.smtp.limits import SharedLimits
 from sesmail_gateway.smtp.server import bind_socket
 from tests.dnsserver import TestDNSServer
+from tests.helpers import wait_for
 
 MESSAGE = b"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
 
@@ -110,11 +111,9 @@ def delivered(config: Config) -> list[bytes]:
     return [path.read_bytes() for path in (config.data_dir / "mail" / "new").glob("*")]
 
 
-async def until(predicate: Any, timeout: float = 20.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := predicate()):
-            await asyncio.sleep(0.02)
-    return result
+async def until(predicate: Callable[[], Any]) -> Any:
+    """``wait_for`` off the loop, which goes on serving SMTP and delivering meanwhile."""
+    return await asyncio.to_thread(wait_for, predicate, 20.0)
 
 
 async def test_02_mail_accepted_by_the_daemon_and_by_a_worker_is_delivered_by_the_one_runner(built: Built) -> None:
