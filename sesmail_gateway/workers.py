@@ -4,7 +4,10 @@ Each worker runs SMTP sessions, route look-ups and checks, and writes into
 the one spool (queue ids carry the pid, so they stay unique). The main
 process keeps the runner, /metrics and the supervision: it restarts a
 worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain.
-Workers report metrics and queued ids to the main process over a pipe.
+Workers report metrics and queued ids to the main process over a pipe
+(``relay.py``). A worker builds what it runs in the composition root
+(``compose.build_worker_side``), with the SMTP side the one-worker daemon
+builds too; this module keeps the life cycles.
 
 Workers are forked by a fork server (``forkserver.py``) that the daemon
 forks before it starts any thread, so they share the imported code and
