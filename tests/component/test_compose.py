@@ -83,7 +83,7 @@ def test_01_both_sides_wire_the_handler_to_their_own_spool_resolver_and_inspecto
     assert built.daemon.resolver.store is built.delivery.store
     assert built.worker.smtp.resolver.store is built.worker.store
     # The daemon sweeps and delivers from the journal; a worker only journals, and tells the daemon.
-    assert built.delivery.spool.sweeper and not built.worker.spool.sweeper
+    assert built.delivery.spool.checkpoints.sweeper and not built.worker.spool.checkpoints.sweeper
     assert built.delivery.spool.on_accepted == built.delivery.runner.accept
     # The worker opens its own connection to the rule store the daemon seeded on first start.
     assert built.worker.store is not built.delivery.store
