@@ -8,14 +8,17 @@ outlive its segment (deferred, held, dead, refused at DATA, waiting for a
 destination that is down, or not tried within a few seconds) gets a
 durable folder, and is tried again from there (``incoming/`` polled, timers
 for ``deferred/``). Blocking work (file I/O, SDK calls) runs in a thread
-pool; state is saved after every attempt, so a restart retries only what
-is still pending.
+pool. A restart delivers again only what is still pending: a folder
+records each attempt's outcome, and a journal replayed makes its local
+copies again by the same names and skips the remote deliveries that the
+delivered log holds.
 
     core.py       Runner: puts the parts together, feeds them work, runs the loop tasks
     journaled.py  accepted messages held as journal records, and their folders when they need one
     attempt.py    one attempt on one message: archive → deliver each pending group → settle
     outages.py    messages waiting for a destination that is down; destinations.json
     inflight.py   one attempt or operator action per message at a time; the attempt log; hangs
+    timers.py     when each deferred message is due again
     operator.py   operator actions; held and refused messages
     backoff.py    the delay before the next attempt
 """

@@ -12,8 +12,6 @@ pool and queue again what they move.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +31,7 @@ from sesmail_gateway.runner.inflight import InFlight
 from sesmail_gateway.runner.journaled import MEMORY, Journaled
 from sesmail_gateway.runner.operator import Operator
 from sesmail_gateway.runner.outages import Outages
+from sesmail_gateway.runner.timers import Timers
 from sesmail_gateway.spool import Accepted, Spool
 
 # The runner's lines keep the package's logger name, whichever of its modules writes them.
@@ -63,8 +62,7 @@ class Runner:
         self.poll_seconds = poll_seconds
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._known: set[str] = set()
-        self._timers: list[tuple[float, str]] = []
-        self._wake = asyncio.Event()
+        self.timers = Timers()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency + 2, thread_name_prefix="deliver")
@@ -110,7 +108,7 @@ class Runner:
             await self._run(self.attempts.crashed, queue_id, "the daemon stopped during a delivery attempt")
         self._scan_incoming()
         for item in self.spool.items(DEFERRED):
-            heapq.heappush(self._timers, (item.next_attempt, item.id))
+            self.timers.add(item.next_attempt, item.id)
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.config.concurrency)]
         self._tasks.append(asyncio.create_task(self._scheduler()))
         self._tasks.append(asyncio.create_task(self._poller()))
@@ -231,24 +229,11 @@ class Runner:
     async def _scheduler(self) -> None:
         while True:
             now = self.clock()
-            while self._timers and self._timers[0][0] <= now:
-                _, queue_id = heapq.heappop(self._timers)
+            for queue_id in self.timers.due(now):
                 self._submit(DEFERRED, queue_id)
             for queue_id, state in self.destinations.probe_candidates().values():
                 self._queue.put_nowait((state, queue_id))  # parked ones stay known: straight onto the queue
-            wait = min(self._timers[0][0] - now, 1.0) if self._timers else 1.0
-            self._wake.clear()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands as the
-            # wait ends, and this loop would then never stop.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(wait, 0.01)):
-                    await self._wake.wait()
-
-    def _schedule(self, item: QueueItem) -> None:
-        """Arm the timer for a deferred message (on the loop: the heap and event are not thread-safe)."""
-        if item.state == DEFERRED:
-            heapq.heappush(self._timers, (item.next_attempt, item.id))
-            self._wake.set()
+            await self.timers.sleep(now)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -287,7 +272,8 @@ class Runner:
             self._busy += len(batch)
             try:
                 for item in await self._run(self._process_batch, batch):
-                    self._schedule(item)
+                    if item.state == DEFERRED:
+                        self.timers.arm(item.next_attempt, item.id)
             finally:
                 self._busy -= len(batch)
                 for _, queue_id in batch:
