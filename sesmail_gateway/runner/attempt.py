@@ -219,7 +219,7 @@ class Attempts:
         if not pending:
             if item.failed():
                 self._dead(item, "; ".join(f"{d.key}: {d.last_error}" for d in item.failed()))
-            elif not self.journaled.delivered(item.id):  # from a record: its segment goes when this is durable
+            elif not self.journaled.delivered(item.id):  # True: no folder, its journal segment goes when durable
                 self.spool.finish(item)
             return
         if item.held_account and all(d.action == "forward-to-gmail" and d.target.lower() == item.held_account
