@@ -49,6 +49,8 @@ log = logging.getLogger(__package__)
 
 
 class Attempts:
+    """Runs attempts, one message each (several at once on different messages, from the delivery threads)."""
+
     def __init__(
         self,
         *,

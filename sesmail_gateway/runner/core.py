@@ -43,6 +43,8 @@ LOCAL_BATCH = 16
 
 
 class Runner:
+    """Delivers every message the spool accepts, from ``start`` to ``stop``; one per daemon (app.py builds it)."""
+
     def __init__(
         self,
         *,

@@ -35,6 +35,8 @@ BACKLOG_SECONDS = 5.0
 
 
 class Journaled:
+    """The accepted messages without a folder: waiting to be tried, or under way."""
+
     def __init__(self, *, spool: Spool, delivered_log: DeliveredLog, metrics: Metrics,
                  submit: Callable[[str], None]) -> None:
         self.spool = spool

@@ -27,6 +27,8 @@ REJECTED_RETENTION = 30 * 86400.0
 
 
 class Operator:
+    """What a person does to the queue, and the messages kept for one. Blocking."""
+
     def __init__(self, *, spool: Spool, inflight: InFlight, journaled: Journaled,
                  clock: Callable[[], float]) -> None:
         self.spool = spool

@@ -29,6 +29,8 @@ DESTINATIONS_FILE = "destinations.json"
 
 
 class Outages:
+    """The runner's side of destination health: parked and forced messages, log lines, ``destinations.json``."""
+
     def __init__(self, destinations: Destinations, *, root: Path, clock: Callable[[], float],
                  resume: Callable[[dict[str, str]], None]) -> None:
         self.destinations = destinations

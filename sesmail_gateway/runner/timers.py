@@ -12,6 +12,8 @@ import heapq
 
 
 class Timers:
+    """The deferred messages' due times (on the loop)."""
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
