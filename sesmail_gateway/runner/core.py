@@ -1,14 +1,14 @@
 """The Runner: puts the runner's parts together, feeds them work, and runs the loop tasks.
 
-Work comes from four places: journal records (``accept``, ``adopt``), a
-poll of ``incoming/`` (folders written by other processes, ``queue retry``,
-recovery, the backlog), a timer heap for ``deferred/``, and destinations
-coming back. Each entry goes once onto one queue; workers take entries off
-it and run the attempts in a thread pool, batching the ones bound only for
-local targets. Operator actions and held-message releases run in the same
-pool and queue again what they move.
+Work comes from journal records (``accept``, ``adopt``), folders in
+``incoming/`` (``notify``, and a poll for the ones other processes,
+``queue retry`` or recovery wrote), timers for ``deferred/`` (timers.py),
+and destinations coming back or due for a probe. Each message goes onto one
+queue at a time; workers take entries off it and run the attempts in a
+thread pool, several at once when they are bound only for local targets.
+Operator actions and held-message releases run in the same pool, and what
+they move to ``incoming/`` is queued again.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -120,7 +120,8 @@ class Runner:
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, give in-flight deliveries ``timeout`` seconds, then cancel.
 
-        A cancelled delivery leaves its message in ``active/``; start-up resumes it.
+        A delivery cut short leaves its message where it lies (its folder, or its journal segment);
+        start-up tries it again.
         """
         deadline = self.clock() + timeout
         while self._busy and self.clock() < deadline:
