@@ -2,8 +2,9 @@
 
 A message comes as the record its SMTP process journaled (``accept``), or
 from the journal segments of a process that is gone (``adopt``). It waits
-here until a delivery thread takes it (``begin``), and while that attempt
-is under way the bytes (or where to read them) stay here too. A message
+here until a delivery thread takes it (``begin``); while that attempt is
+under way its bytes are held here (read back from the segment if the
+record came without them). A message
 delivered from here never gets a spool folder: its segment goes once the
 delivery is durable. One that must outlive its segment (deferred, held,
 dead, refused at DATA, parked, touched by an operator, or not tried within
