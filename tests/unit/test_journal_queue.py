@@ -70,7 +70,7 @@ async def test_a_message_is_delivered_from_its_journal_record_and_never_gets_a_f
     target = ScriptedTarget()
     spool, runner, stop = await wired(tmp_path, {"maildir": target})
     with mock.patch.object(spool, "materialize", wraps=spool.materialize) as materialize, \
-            mock.patch.object(spool, "_write_folders", wraps=spool._write_folders) as write_folders:
+            mock.patch.object(spool.folders, "write_tmp", wraps=spool.folders.write_tmp) as write_folders:
         items = [make_item("mail") for _ in range(5)]
         for item in items:
             await spool.enqueue(item, BODY)
@@ -167,8 +167,8 @@ async def test_start_up_delivers_what_the_journals_of_a_crashed_run_hold_without
         await spool.enqueue(item, BODY)
     first = items[0]
     MaildirDeliverer(tmp_path).deliver(first, first.deliveries[0], StoredMessage.of(BODY))
-    assert spool._journal is not None
-    spool._journal.seal()  # the process is gone: its lock with it
+    assert spool.acceptance.journal is not None
+    spool.acceptance.journal.seal()  # the process is gone: its lock with it
 
     spool2, runner, stop = await wired(tmp_path, {"maildir": MaildirDeliverer(tmp_path)})
     await until(lambda: len(list((tmp_path / "mail" / "new").iterdir())) == 3)
@@ -222,8 +222,8 @@ async def crash(spool: Spool, runner: Runner) -> None:
     await asyncio.gather(*runner._tasks, return_exceptions=True)
     runner._pool.shutdown(wait=True)
     runner.delivered_log.close()
-    if spool._journal is not None:
-        spool._journal.seal()
+    if spool.acceptance.journal is not None:
+        spool.acceptance.journal.seal()
 
 
 @pytest.mark.parametrize("recorded", [True, False])
@@ -260,8 +260,8 @@ async def journaled_by_a_process_that_is_gone(tmp_path: Path) -> QueueItem:
     other.on_sealed = lambda name, broken, records: None
     item = make_item("mail")
     await other.enqueue(item, BODY)
-    assert other._journal is not None
-    other._journal.seal()  # gone: its lock with it
+    assert other.acceptance.journal is not None
+    other.acceptance.journal.seal()  # gone: its lock with it
     return item
 
 

@@ -121,7 +121,7 @@ async def test_checkpoint_fsyncs_undelivered_folders_before_a_journal_goes(tmp_p
     waiting, delivered = item(), item()
     await spool.enqueue(waiting, b"x\r\n")
     await spool.enqueue(delivered, b"y\r\n")
-    await asyncio.gather(*spool._writing)
+    await asyncio.gather(*spool.acceptance.writing)
     journal = next((tmp_path / "journal").iterdir())
     spool.finish(spool.claim(INCOMING, delivered.id))
     seen_journal: list[bool] = []
@@ -151,7 +151,7 @@ async def test_a_failed_fsync_is_sticky_and_no_journal_is_deleted(tmp_path: Path
     spool = Spool(tmp_path)
     queued = item()
     await spool.enqueue(queued, b"x\r\n")
-    await asyncio.gather(*spool._writing)
+    await asyncio.gather(*spool.acceptance.writing)
     with SyncLog(fail_on="message.eml"), pytest.raises(OSError):
         spool.checkpoint()
     journals = list((tmp_path / "journal").iterdir())
@@ -215,7 +215,7 @@ def test_find_refuses_path_tricks(tmp_path: Path) -> None:
 
 def crash(spool: Spool) -> None:
     """Forget the spool as a killed process would: journals stay, their locks go."""
-    for journal_file in [spool._journal, *spool._closed]:
+    for journal_file in [spool.acceptance.journal, *spool.acceptance.closed]:
         if journal_file is not None:
             os.close(journal_file._fd)
             journal_file._fd = -1
@@ -235,11 +235,11 @@ async def test_a_journaled_message_whose_folder_was_lost_is_restored(tmp_path: P
     lost, torn, delivered = item(), item(), item()
     for queued in (lost, torn, delivered):
         await spool.enqueue(queued, b"Received: x\r\n", f"Subject: {queued.id}\r\n\r\nbody\r\n".encode())
-    await asyncio.gather(*spool._writing)
+    await asyncio.gather(*spool.acceptance.writing)
     # What a crash before the next checkpoint can leave behind:
     shutil.rmtree(tmp_path / INCOMING / lost.id)
     (tmp_path / INCOMING / torn.id / "message.eml").write_bytes(b"Rece")
-    spool._tombstone(spool.claim(INCOMING, delivered.id))  # delivered and retired
+    spool.folders.tombstone(spool.claim(INCOMING, delivered.id))  # delivered and retired
     crash(spool)
     with (tmp_path / "journal" / "1-999.wal").open("wb") as torn_tail:
         torn_tail.write(b"SMJ1\x00\x00")  # a batch whose fdatasync never finished
@@ -258,7 +258,7 @@ async def test_a_live_journal_is_not_replayed_by_another_process(tmp_path: Path)
     owner = Spool(tmp_path)
     queued = item()
     await owner.enqueue(queued, b"x\r\n")
-    await asyncio.gather(*owner._writing)
+    await asyncio.gather(*owner.acceptance.writing)
     shutil.rmtree(tmp_path / INCOMING / queued.id)
     assert Spool(tmp_path).replay_orphaned_journals() == 0  # the owner still holds its lock
     crash(owner)
@@ -273,7 +273,7 @@ async def test_finished_messages_are_tombstoned_then_swept_once_no_journal_can_b
     older, finished = item(), item()
     await other.enqueue(older, b"x\r\n")  # other's journal now holds a record, older than what follows
     await runner_side.enqueue(finished, b"y\r\n")
-    await asyncio.gather(*runner_side._writing, *other._writing)
+    await asyncio.gather(*runner_side.acceptance.writing, *other.acceptance.writing)
     runner_side.finish(runner_side.claim(INCOMING, finished.id))
 
     runner_side.checkpoint()
