@@ -20,14 +20,13 @@ from unittest import mock
 import pytest
 
 from sesmail_gateway import journal
-from sesmail_gateway import runner as runner_module
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.config import DeliveryConfig
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
 from sesmail_gateway.errors import TemporaryFailure
 from sesmail_gateway.message import DEFERRED, INCOMING, REJECTED, Delivery, QueueItem, StoredMessage
 from sesmail_gateway.metrics import Metrics
-from sesmail_gateway.runner import Runner
+from sesmail_gateway.runner import Runner, inflight, journaled
 from sesmail_gateway.segments import Segments
 from sesmail_gateway.spool import Spool, run_checkpoints
 from tests.unit.test_runner import ScriptedTarget, make_item, until, where
@@ -119,7 +118,7 @@ async def test_a_segment_stays_while_a_delivery_is_not_durable(tmp_path: Path) -
 
 async def test_messages_the_runner_cannot_reach_in_time_get_folders(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "BACKLOG_SECONDS", 0.0)
+    monkeypatch.setattr(journaled, "BACKLOG_SECONDS", 0.0)
     gate = threading.Event()
     calls: list[str] = []
 
@@ -301,7 +300,7 @@ async def test_a_delivery_that_hangs_is_reported(tmp_path: Path, monkeypatch: py
         def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
             assert gate.wait(10)
 
-    monkeypatch.setattr(runner_module, "HANG_SECONDS", 0.2)
+    monkeypatch.setattr(inflight, "HANG_SECONDS", 0.2)
     spool, runner, stop = await wired(tmp_path, {"maildir": Hanging()})
     item = make_item("mail")
     await spool.enqueue(item, BODY)

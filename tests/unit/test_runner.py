@@ -319,7 +319,7 @@ async def test_an_operator_delete_never_races_a_delivery(spool: Spool, tmp_path:
     queued = make_item("mail")
     await queue(spool, queued)
     await asyncio.to_thread(target.entered.wait, 10)
-    with mock.patch("sesmail_gateway.runner.OPERATOR_WAIT", 0.2), \
+    with mock.patch("sesmail_gateway.runner.operator.OPERATOR_WAIT", 0.2), \
             pytest.raises(QueueOpError, match="being delivered right now"):
         await runner.operate("delete", queued.id)
     assert where(spool, queued.id) in (INCOMING, None)  # untouched by the refused delete (None: still in memory)
@@ -350,7 +350,7 @@ async def test_a_message_that_keeps_crashing_its_delivery_is_held_not_retried_fo
     def settle_with_a_bug(item: QueueItem) -> None:  # a runner bug that only this message triggers
         raise KeyError("surprise")
 
-    runner._settle = settle_with_a_bug  # type: ignore[method-assign]
+    runner.attempts._settle = settle_with_a_bug  # type: ignore[method-assign]
     queued = make_item("mail")
     await queue(spool, queued)
     await until(lambda: where(spool, queued.id) == HELD)
