@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+from sesmail_gateway import eventloop
 from sesmail_gateway.config import Config
 from sesmail_gateway.forkserver import Child, ForkServer
 from sesmail_gateway.metrics import Metrics
@@ -118,7 +119,7 @@ APPLICABLE = frozenset({"observe_commit", "messages_accepted", "refused", "conne
 
 def run_worker(config: Config, limits: SharedLimits, index: int, fd: int) -> None:
     """Entry point of a worker process, forked by the fork server (logging is set up already)."""
-    asyncio.run(_worker(config, index, Connection(fd, readable=False), limits))
+    eventloop.run(_worker(config, index, Connection(fd, readable=False), limits))
 
 
 async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
