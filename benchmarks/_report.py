@@ -39,6 +39,24 @@ AuthCounts = dict[str, dict[str, int]]
 
 
 @dataclass
+class Commits:
+    """Journal group commits: how many, messages per commit, and how long one took (append + fdatasync)."""
+
+    count: int
+    messages: int
+    seconds: float
+    slower_than: dict[float, int]
+    """Commits that took longer than each bucket bound (seconds)."""
+
+    def line(self) -> str:
+        if not self.count:
+            return "no commits"
+        tail = ", ".join(f"> {bound * 1000:g} ms {n / self.count:.1%}" for bound, n in sorted(self.slower_than.items()))
+        return (f"{self.count} commits, {self.messages / self.count:.1f} messages each, "
+                f"mean {self.seconds / self.count * 1000:.2f} ms; {tail}")
+
+
+@dataclass
 class Row:
     """One line of the results table."""
 
@@ -63,6 +81,8 @@ class Row:
     """``strace -c -f`` counts over the server's processes in the measured phase (``--strace``)."""
     memory: dict[str, float] | None = None
     """The gateway's process tree, PSS in MiB: idle after start, and the peak while measuring; None if not read."""
+    commits: Commits | None = None
+    """The gateway's journal group commits over the run (warm-up included), from its /metrics."""
 
     @property
     def total_accepted(self) -> int:
@@ -257,6 +277,10 @@ def format_server_figures(rows: Sequence[Row]) -> list[str]:
         parts += ["", "CPU ms per accepted message (utime+stime from /proc/<pid>/stat of the server's process "
                       "tree, measured phase until its Maildir was complete):"]
         parts += [f"  {row.target} {size_label(row.size)}: {cpu_line(row)}" for row in cpu_rows]
+    if commit_rows := [row for row in rows if row.commits is not None]:
+        parts += ["", "journal group commits (each session waits for one before its 250):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {row.commits.line()}" for row in commit_rows
+                  if row.commits is not None]
     if sys_rows := [row for row in rows if row.syscalls is not None and row.result and row.result.accepted]:
         parts += ["", "system calls per accepted message (strace -c -f attached to every process of the server "
                       "for the measured phase; ptrace slows every call, so these rows' rate and CPU are not "

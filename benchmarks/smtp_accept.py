@@ -86,7 +86,16 @@ import postfix_peer
 from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
 from _memory import TreeSampler
 from _phase import PhaseMeter, gateway_group
-from _report import AuthCounts, Row, all_verdicts_in, format_report, missing_passes, ratios, size_label
+from _report import (
+    AuthCounts,
+    Commits,
+    Row,
+    all_verdicts_in,
+    format_report,
+    missing_passes,
+    ratios,
+    size_label,
+)
 from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
 
 LOOPBACK = "127.0.0.1"
@@ -491,6 +500,8 @@ class GatewayTarget(SubprocessTarget):
             return
         if self.signed and (short := missing_passes(row.auth, expected)):
             row.failure = f"checks did not pass for every accepted message: {short}"
+        with contextlib.suppress(OSError):
+            row.commits = parse_commits(await asyncio.to_thread(fetch_metrics, self.metrics_address))
         if self.rspamd_url:
             scans = await settled_scan_counts(self.metrics_address, expected)
             # One verdict per accepted message (warm-up included), none an error.
@@ -513,6 +524,25 @@ def parse_auth_results(text: str) -> AuthCounts:
         if "method" in labels and "result" in labels:
             counts.setdefault(labels["method"], {})[labels["result"]] = int(float(match["value"]))
     return counts
+
+
+_SAMPLE = re.compile(r"^(?P<name>sesmail_spool_(?:fsync_seconds|commit_batch_size)_(?:bucket|count|sum))"
+                     r"(?:\{le=\"(?P<le>[^\"]+)\"\})?\s+(?P<value>\S+)", re.MULTILINE)
+
+
+def parse_commits(text: str) -> Commits:
+    """The journal group commit histograms (``sesmail_spool_fsync_seconds``, ``..._commit_batch_size``)."""
+    buckets: dict[float, float] = {}
+    values: dict[str, float] = {}
+    for match in _SAMPLE.finditer(text):
+        if match["name"] == "sesmail_spool_fsync_seconds_bucket":
+            buckets[float(match["le"])] = float(match["value"])
+        else:
+            values[match["name"]] = float(match["value"])
+    count = int(values.get("sesmail_spool_fsync_seconds_count", 0))
+    slower = {bound: count - int(n) for bound, n in buckets.items() if bound in (0.01, 0.025, 0.05)}
+    return Commits(count, int(values.get("sesmail_spool_commit_batch_size_sum", 0)),
+                   values.get("sesmail_spool_fsync_seconds_sum", 0.0), slower)
 
 
 _SCAN_SAMPLE = re.compile(r'^sesmail_scan_results_total\{result="(?P<result>\w+)",scanner="rspamd"\}\s+(?P<value>\S+)',
