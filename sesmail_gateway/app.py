@@ -12,7 +12,7 @@ import os
 import signal
 from typing import Any
 
-from sesmail_gateway import control, eventloop, sdnotify
+from sesmail_gateway import control, sdnotify
 from sesmail_gateway.cloudwatch import CloudWatchPublisher
 from sesmail_gateway.compose import SmtpSide, build_delivery_side, build_smtp_side
 from sesmail_gateway.config import Config, ConfigError
@@ -153,9 +153,8 @@ class Gateway:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         sdnotify.notify("READY=1")
-        log.info("gateway %s ready: smtp %s (%d worker(s)), data %s, %s event loop", self.config.gateway.hostname,
-                 ", ".join(self.config.smtp.listen), worker_count(self.config), self.config.data_dir,
-                 eventloop.name())
+        log.info("gateway %s ready: smtp %s (%d worker(s)), data %s", self.config.gateway.hostname,
+                 ", ".join(self.config.smtp.listen), worker_count(self.config), self.config.data_dir)
         watchdog = asyncio.create_task(self._watchdog())
         await self._stop.wait()
         watchdog.cancel()
@@ -174,6 +173,6 @@ class Gateway:
 def serve(config: Config) -> int:
     # The SMTP workers' fork server first, while this process is one thread (see forkserver.py).
     gateway = Gateway(config, Forks.start(config) if worker_count(config) > 1 else None)
-    eventloop.run(gateway.run())
+    asyncio.run(gateway.run())
     return 1 if gateway.pool is not None and gateway.pool.lost else 0
 

@@ -83,9 +83,12 @@ class MetricsRelay:
             for (method, result), count in self._auth.items():
                 self._events.append(("auth_result", (method, result, count)))
             self._auth.clear()
-            if self._events:
-                events, self._events = self._events, []
-                self._conn.send(("events", events))
+            if not self._events:
+                return
+            events, self._events = self._events, []
+        # Outside the lock: a full pipe (the main process busy) holds up the event loop's thread, the one
+        # sender, not the journal commits and checkpoints that add events meanwhile.
+        self._conn.send(("events", events))
 
 
 APPLICABLE = frozenset({"observe_commit", "messages_accepted", "refused", "connection_refused", "auth_result",

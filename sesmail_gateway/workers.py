@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-from sesmail_gateway import eventloop
 from sesmail_gateway.compose import build_worker_side
 from sesmail_gateway.config import Config
 from sesmail_gateway.forkserver import Child, ForkServer
@@ -47,7 +46,7 @@ def worker_count(config: Config) -> int:
 
 def run_worker(config: Config, limits: SharedLimits, index: int, fd: int) -> None:
     """Entry point of a worker process, forked by the fork server (logging is set up already)."""
-    eventloop.run(_worker(config, index, Connection(fd, readable=False), limits))
+    asyncio.run(_worker(config, index, Connection(fd, readable=False), limits))
 
 
 async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:

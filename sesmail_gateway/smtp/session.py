@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, AnyStr, cast
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
 
@@ -151,9 +151,8 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
 
     def _say_and_close(self, reply: Reply) -> None:
         """Write a last reply and hang up, from outside the command loop (timers, drain)."""
-        # A stream transport, asyncio's or uvloop's (whose classes do not derive from asyncio's).
-        transport = cast(asyncio.WriteTransport | None, self.transport)
-        if transport is not None and not transport.is_closing():
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(f"{reply}\r\n".encode())
             transport.close()
 
