@@ -83,6 +83,7 @@ class SmtpConfig:
     workers: int = 0
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+    worker_timeout: float = 60.0
     junk_command_limit: int = 100
     tls_cert: str = ""
     tls_key: str = ""
@@ -198,7 +199,7 @@ _SECTION_TYPES = {
 #: number of seconds). A new time-valued key belongs here; a test checks that every float key
 #: whose name says time (timeout, seconds, age, backoff, lifetime) is listed.
 _DURATION_KEYS = {
-    "smtp.command_timeout", "smtp.data_timeout", "checks.dns_timeout", "rules.cache_seconds",
+    "smtp.command_timeout", "smtp.data_timeout", "smtp.worker_timeout", "checks.dns_timeout", "rules.cache_seconds",
     "delivery.max_age", "delivery.backoff_base", "delivery.backoff_max",
     "gmail.token_poll_seconds", "gmail.refresh_token_lifetime", "scan.timeout",
 }
@@ -270,6 +271,7 @@ def _validate(config: Config) -> None:
         "smtp.max_connections_per_ip": config.smtp.max_connections_per_ip,
         "smtp.command_timeout": config.smtp.command_timeout,
         "smtp.data_timeout": config.smtp.data_timeout,
+        "smtp.worker_timeout": config.smtp.worker_timeout,
         "smtp.junk_command_limit": config.smtp.junk_command_limit,
         "checks.dns_timeout": config.checks.dns_timeout,
         "delivery.concurrency": config.delivery.concurrency,

@@ -75,7 +75,9 @@ class MetricsRelay:
     def queued(self, queue_id: str) -> None:
         self._add("queued", (queue_id,))
 
-    def flush(self) -> None:
+    def flush(self, *, heartbeat: bool = False) -> None:
+        """Send what was recorded since the last flush; with ``heartbeat``, an empty batch when there is
+        nothing (the main process takes a worker that stays silent for ``smtp.worker_timeout`` as frozen)."""
         with self._lock:
             if self._accepted[0]:
                 self._events.append(("messages_accepted", self._accepted))
@@ -83,7 +85,7 @@ class MetricsRelay:
             for (method, result), count in self._auth.items():
                 self._events.append(("auth_result", (method, result, count)))
             self._auth.clear()
-            if not self._events:
+            if not self._events and not heartbeat:
                 return
             events, self._events = self._events, []
         # Outside the lock: a full pipe (the main process busy) holds up the event loop's thread, the one

@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -67,7 +68,7 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             with contextlib.suppress(OSError):  # a broken pipe: the main process is gone
-                relay.flush()
+                relay.flush(heartbeat=True)
             if os.getppid() != parent:  # the fork server, and so the main process, is gone (no PDEATHSIG)
                 log.error("workers: main process gone; smtp worker %d stopping", index)
                 stop.set()
@@ -127,6 +128,7 @@ class WorkerPool:
         self.lost = False
         self._procs: dict[int, tuple[Child, Connection]] = {}
         self._ready: set[int] = set()
+        self._heard: dict[int, float] = {}  # index -> monotonic time of its last message (events or heartbeat)
         self._all_ready = asyncio.Event()
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
@@ -162,6 +164,7 @@ class WorkerPool:
         finally:
             child.close()
         self._procs[index] = (proc, parent)
+        self._heard[index] = time.monotonic()
         asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
 
     def _receive(self, index: int, conn: Connection) -> None:
@@ -170,6 +173,7 @@ class WorkerPool:
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(conn.fileno())
             return
+        self._heard[index] = time.monotonic()
         self._handle(index, message)
 
     def _handle(self, index: int, message: tuple[str, Any]) -> None:
@@ -193,7 +197,10 @@ class WorkerPool:
         while not self._stopping:
             await asyncio.sleep(1.0)
             for index, (proc, conn) in list(self._procs.items()):
-                if proc.is_alive() or self._stopping:
+                if self._stopping:
+                    break
+                if proc.is_alive():
+                    self._kill_if_frozen(index, proc, conn)
                     continue
                 log.error("workers: smtp worker %d exited; restarting", index)  # the fork server logs its status
                 self._ready.discard(index)
@@ -205,6 +212,16 @@ class WorkerPool:
                     log.warning("workers: %d message(s) from smtp worker %d's journal delivered from there",
                                 adopted, index)
                 self._spawn(index)
+
+    def _kill_if_frozen(self, index: int, proc: Child, conn: Connection) -> None:
+        """A running worker silent for ``smtp.worker_timeout`` (its event loop stuck) is killed: the next
+        turn of the supervisor finds it dead, delivers what its journal holds and starts another."""
+        silent = time.monotonic() - self._heard.get(index, time.monotonic())
+        if index not in self._ready or silent <= self.config.smtp.worker_timeout or conn.poll():
+            return  # still starting (the start-up wait reports that), or alive, or its news not read yet
+        log.error("workers: smtp worker %d (pid %d) sent nothing for %.0f s and is taken as frozen; killing it",
+                  index, proc.pid, silent)
+        proc.kill()
 
     @property
     def healthy(self) -> bool:

@@ -230,3 +230,24 @@ def test_08_a_signal_to_every_process_of_the_tree_is_handled_by_the_daemon(
     assert not alive([server, *workers])
     assert "exited with" not in gateway.log()  # every worker ended by draining, none by the signal itself
     assert "Traceback" not in gateway.log()
+
+
+def test_09_a_frozen_worker_is_killed_and_replaced_and_a_busy_one_is_not(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway({"smtp": {"workers": 2, "worker_timeout": 2}})
+    server, workers = wait_for(lambda: fork_tree(gateway))
+    send(gateway.port, 8, "before")
+    gateway.wait_delivered(8)
+    assert fork_tree(gateway) == (server, workers)
+
+    os.kill(workers[0], signal.SIGSTOP)  # alive, but its event loop never runs again
+    tree = wait_for(lambda: (t := fork_tree(gateway)) and workers[0] not in t[1] and t, timeout=30)
+    # Worker 1 sat idle all that while (over worker_timeout): its heartbeats kept it.
+    assert tree[0] == server and workers[1] in tree[1]
+    assert "smtp worker 1" not in gateway.log()
+    assert "smtp worker 0" in gateway.log() and "taken as frozen" in gateway.log()
+    assert not alive([workers[0]])  # killed, not left stopped
+    send(gateway.port, 6, "after")
+    gateway.wait_delivered(14)
+    assert gateway.stop() == 0

@@ -29,3 +29,12 @@ def test_a_full_pipe_blocks_the_sender_only_and_loses_nothing() -> None:
     assert kind == "events"
     assert [name for name, _ in first] == ["sealed", "queued"]
     assert second == [("sealed", ("next.wal", False, 2)), ("observe_commit", (0.1, 3))]
+
+
+def test_a_heartbeat_is_an_empty_batch_and_only_when_asked() -> None:
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    relay = MetricsRelay(writer)
+    relay.flush()
+    assert not reader.poll()
+    relay.flush(heartbeat=True)
+    assert reader.recv() == ("events", [])
