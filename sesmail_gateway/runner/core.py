@@ -161,13 +161,6 @@ class Runner:
         """Attempts under way for longer than HANG_SECONDS: queue id -> seconds. Logged once each."""
         return self.inflight.hung()
 
-    def reserve(self, queue_id: str, wait: float = 0.0) -> bool:
-        """Keep every other attempt or action off ``queue_id``; False if one still holds it after ``wait`` s."""
-        return self.inflight.reserve(queue_id, wait)
-
-    def unreserve(self, queue_id: str) -> None:
-        self.inflight.unreserve(queue_id)
-
     # -- operator actions and held messages -------------------------------
 
     async def operate(self, action: str, queue_id: str = "", every: bool = False) -> str:
@@ -196,10 +189,6 @@ class Runner:
     def held_accounts(self) -> dict[str, tuple[int, float]]:
         """Accounts with held messages: (how many, the newest token issue time they were held on). Blocks."""
         return self.operator.held_accounts()
-
-    def expire_rejected(self) -> int:
-        """Delete refused messages older than the retention period; returns how many."""
-        return self.operator.expire_rejected()
 
     # -- feeding -----------------------------------------------------------
 
@@ -241,7 +230,7 @@ class Runner:
     async def _housekeeping(self) -> None:
         while True:
             try:
-                await self._run(self.expire_rejected)
+                await self._run(self.operator.expire_rejected)
             except OSError as exc:
                 log.error("runner: cannot expire rejected messages: %s", exc)
             await asyncio.sleep(3600)
