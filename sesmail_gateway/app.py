@@ -128,7 +128,7 @@ class Gateway:
         sdnotify.notify("STOPPING=1")
         log.info("shutdown: draining SMTP sessions")
         if self.smtp is not None:
-            await self.smtp.server.drain(timeout=self.config.smtp.data_timeout)
+            await self.smtp.drain(timeout=self.config.smtp.data_timeout)
         if self.pool is not None:
             await self.pool.stop()
         await self.control.stop()

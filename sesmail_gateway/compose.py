@@ -65,6 +65,11 @@ class SmtpSide:
         self.resolver.invalidate()
         self.inspector.invalidate()
 
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: let the sessions under way end (up to ``timeout``), then release the checks' threads."""
+        await self.server.drain(timeout=timeout)
+        self.inspector.close()
+
 
 def build_smtp_side(config: Config, *, spool: Spool, store: RouteStore, metrics: SessionMetrics,
                     limits: Limits | None = None) -> SmtpSide:

@@ -77,7 +77,7 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     flushing = asyncio.create_task(flusher())
     checkpoints = asyncio.create_task(run_checkpoints(worker.spool))
     await stop.wait()
-    await smtp.server.drain(timeout=config.smtp.data_timeout)
+    await smtp.drain(timeout=config.smtp.data_timeout)
     checkpoints.cancel()
     await worker.spool.close()
     flushing.cancel()

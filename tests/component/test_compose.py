@@ -134,9 +134,13 @@ async def test_02_mail_accepted_by_the_daemon_and_by_a_worker_is_delivered_by_th
         messages = await until(lambda: len(found := delivered(config)) == 2 and found)
         assert all(message.endswith(MESSAGE) for message in messages)
     finally:
-        await built.daemon.server.drain(timeout=5)
-        await built.worker.smtp.server.drain(timeout=5)
+        await built.daemon.drain(timeout=5)
+        await built.worker.smtp.drain(timeout=5)
         await runner.stop()
+    # Drained: the checks' threads are released, so a check asked for now is refused, not run.
+    for side in (built.daemon, built.worker.smtp):
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await side.inspector.inspect(b"Subject: x\r\n\r\nbody\r\n", ip="127.0.0.1", helo="h", mail_from="")
 
 
 def route(side: SmtpSide, address: str) -> str | None:
