@@ -115,6 +115,7 @@ class DeliveryConfig:
     max_age: float = 5 * 86400.0
     backoff_base: float = 10.0
     backoff_max: float = 3600.0
+    hang_timeout: float = 900.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,7 +201,7 @@ _SECTION_TYPES = {
 #: whose name says time (timeout, seconds, age, backoff, lifetime) is listed.
 _DURATION_KEYS = {
     "smtp.command_timeout", "smtp.data_timeout", "smtp.worker_timeout", "checks.dns_timeout", "rules.cache_seconds",
-    "delivery.max_age", "delivery.backoff_base", "delivery.backoff_max",
+    "delivery.max_age", "delivery.backoff_base", "delivery.backoff_max", "delivery.hang_timeout",
     "gmail.token_poll_seconds", "gmail.refresh_token_lifetime", "scan.timeout",
 }
 # Durations where 0 means something ("no cache", "never") rather than a mistake.
@@ -279,6 +280,7 @@ def _validate(config: Config) -> None:
         "delivery.max_age": config.delivery.max_age,
         "delivery.backoff_base": config.delivery.backoff_base,
         "delivery.backoff_max": config.delivery.backoff_max,
+        "delivery.hang_timeout": config.delivery.hang_timeout,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -119,6 +119,10 @@ class GmailTestServer:
         self.omit_refresh_token = False
         self.access_token_lifetime = 3600
         self.refresh_calls = 0
+        # Cleared by ``stall_imports``: an import request then waits, unanswered, until ``release_imports``.
+        self.imports_open = threading.Event()
+        self.imports_open.set()
+        self.stalled = 0  # import requests waiting at the gate right now
         self._server: ThreadingHTTPServer | None = None
 
     # -- set-up -------------------------------------------------------------
@@ -175,6 +179,13 @@ class GmailTestServer:
                   times: int = 1) -> None:
         with self.lock:
             self.failures.setdefault(account.lower(), []).extend([(status, reason, headers or {})] * times)
+
+    def stall_imports(self) -> None:
+        """Hold every import request unanswered (a Gmail that stops responding) until ``release_imports``."""
+        self.imports_open.clear()
+
+    def release_imports(self) -> None:
+        self.imports_open.set()
 
     def imports_for(self, account: str) -> list[Imported]:
         with self.lock:
@@ -349,6 +360,11 @@ def _handler_for(state: GmailTestServer) -> type[BaseHTTPRequestHandler]:
             if path.endswith("/gmail/v1/users/me/messages/import"):
                 account = self._authorised(path)
                 if account is not None:
+                    with state.lock:
+                        state.stalled += 1
+                    state.imports_open.wait(120)
+                    with state.lock:
+                        state.stalled -= 1
                     self._import(account, params, body)
                 return
             self._send(404, {"error": "not found"})

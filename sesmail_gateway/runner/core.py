@@ -71,7 +71,7 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.destinations = Destinations(base=config.backoff_base, cap=config.backoff_max, clock=clock)
         self.delivered_log = DeliveredLog(spool.root / "delivered", spool.syncs)
-        self.inflight = InFlight(spool.root)
+        self.inflight = InFlight(spool.root, hang_seconds=config.hang_timeout)
         self.journaled = Journaled(spool=spool, delivered_log=self.delivered_log, metrics=metrics,
                                    submit=lambda queue_id: self._submit(MEMORY, queue_id))
         self.outages = Outages(self.destinations, root=spool.root, clock=clock, resume=self._resume_soon)
@@ -158,7 +158,7 @@ class Runner:
         return self.journaled.adopt(await self._run(self.journaled.orphaned, pid, idle_for))
 
     def hung(self) -> dict[str, float]:
-        """Attempts under way for longer than HANG_SECONDS: queue id -> seconds. Logged once each."""
+        """Attempts under way for longer than ``delivery.hang_timeout``: queue id -> seconds. Logged once each."""
         return self.inflight.hung()
 
     # -- operator actions and held messages -------------------------------

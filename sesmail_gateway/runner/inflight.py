@@ -22,10 +22,6 @@ from pathlib import Path
 # The runner's lines keep the package's logger name, whichever of its modules writes them.
 log = logging.getLogger(__package__)
 
-# A delivery attempt running this long is taken as hung: the daemon reports itself unhealthy, so
-# systemd's watchdog restarts it, and the attempt log counts the attempt as a crash (POISON_LIMIT).
-HANG_SECONDS = 900.0
-
 # A message whose delivery attempts crash this many times is held instead of tried again.
 POISON_LIMIT = 3
 ATTEMPTS = "attempts.log"
@@ -72,7 +68,11 @@ class AttemptLog:
 class InFlight:
     """The messages someone is working on right now, and how long each delivery attempt has run."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, hang_seconds: float) -> None:
+        """``hang_seconds`` (delivery.hang_timeout): an attempt running this long is taken as hung, the daemon
+        reports itself unhealthy so systemd's watchdog restarts it, and the attempt log then counts the
+        attempt as a crash (POISON_LIMIT)."""
+        self.hang_seconds = hang_seconds
         self._reserved: set[str] = set()
         self._changed = threading.Condition()
         self._started: dict[str, float] = {}  # queue id -> monotonic start of its attempt under way
@@ -111,10 +111,10 @@ class InFlight:
             self.unreserve(queue_id)
 
     def hung(self) -> dict[str, float]:
-        """Attempts under way for longer than HANG_SECONDS: queue id -> seconds. Logged once each."""
+        """Attempts under way for longer than ``hang_seconds``: queue id -> seconds. Logged once each."""
         now = time.monotonic()
         found = {queue_id: now - started for queue_id, started in list(self._started.items())
-                 if now - started > HANG_SECONDS}
+                 if now - started > self.hang_seconds}
         for queue_id in found.keys() - self._reported_hung:
             log.error("runner: the delivery attempt of %s has run for %.0f s and is taken as hung; the daemon "
                       "reports itself unhealthy so the watchdog restarts it (%d such attempts hold the message)",

@@ -12,6 +12,8 @@ import os
 import smtplib
 import stat
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -437,3 +439,30 @@ def test_12_token_refresh_explains_the_classic_failures(
     result = gw.gateway.cli("token", "refresh", "--account", ME, "--no-browser", "--port", "8089", check=False)
     assert result.returncode == 1 and "Authorized redirect URIs" in result.stderr
     assert "http://localhost:8089/" in result.stderr
+
+
+def healthz(gateway: Gateway) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/healthz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_13_an_import_that_never_answers_makes_healthz_fail_until_it_ends(
+        make_gmail_gateway: Callable[..., GmailGateway], gmail: GmailTestServer) -> None:
+    """What lets systemd's watchdog restart a daemon whose delivery is stuck (delivery.hang_timeout)."""
+    gw = make_gmail_gateway(delivery={"hang_timeout": 1})
+    assert healthz(gw.gateway)[0] == 200
+    gmail.stall_imports()
+    try:
+        queue_id = gw.send("bob@example.test")
+        wait_for(lambda: gmail.stalled == 1, timeout=20)
+        status, text = wait_for(lambda: (answer := healthz(gw.gateway))[0] == 503 and answer, timeout=20)
+        assert text.startswith(f"unhealthy: delivery of {queue_id} hung for")
+        assert gw.gateway.log().count("taken as hung") == 1  # one line, however often /healthz asks
+    finally:
+        gmail.release_imports()
+    wait_for(lambda: gmail.imports_for(ME), timeout=20)
+    wait_for(lambda: healthz(gw.gateway)[0] == 200, timeout=20)
+    wait_for(gw.settled, timeout=20)

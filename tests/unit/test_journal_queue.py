@@ -26,7 +26,7 @@ from sesmail_gateway.deliver.maildir import MaildirDeliverer
 from sesmail_gateway.errors import TemporaryFailure
 from sesmail_gateway.message import DEFERRED, INCOMING, REJECTED, Delivery, QueueItem, StoredMessage
 from sesmail_gateway.metrics import Metrics
-from sesmail_gateway.runner import Runner, inflight, journaled
+from sesmail_gateway.runner import Runner, journaled
 from sesmail_gateway.segments import Segments
 from sesmail_gateway.spool import Spool, run_checkpoints
 from tests.unit.test_runner import ScriptedTarget, make_item, until, where
@@ -43,12 +43,13 @@ def folders(spool: Spool, state: str) -> list[str]:
 
 
 async def wired(tmp_path: Path, deliverers: dict[str, object], *, concurrency: int = 4,
-                archive: FolderArchiver | None = None, checkpoints: bool = True) -> tuple[Spool, Runner, Callable[[], object]]:
+                archive: FolderArchiver | None = None, checkpoints: bool = True, hang_timeout: float = 900.0) -> tuple[Spool, Runner, Callable[[], object]]:
     spool = Spool(tmp_path / "spool", sweeper=True)
     runner = Runner(
         spool=spool, archiver=archive or FolderArchiver(tmp_path / "archive", spool.syncs),
         deliverers=deliverers,  # type: ignore[arg-type]
-        config=DeliveryConfig(concurrency=concurrency, max_age=3600.0, backoff_base=0.05, backoff_max=0.1),
+        config=DeliveryConfig(concurrency=concurrency, max_age=3600.0, backoff_base=0.05, backoff_max=0.1,
+                              hang_timeout=hang_timeout),
         metrics=Metrics(), poll_seconds=0.05,
     )
     spool.on_ready = runner.notify
@@ -292,7 +293,7 @@ async def test_the_journal_of_a_dead_smtp_worker_is_adopted_by_its_pid(tmp_path:
     await stop()
 
 
-async def test_a_delivery_that_hangs_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_a_delivery_that_hangs_is_reported(tmp_path: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     gate = threading.Event()
 
@@ -300,8 +301,7 @@ async def test_a_delivery_that_hangs_is_reported(tmp_path: Path, monkeypatch: py
         def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
             assert gate.wait(10)
 
-    monkeypatch.setattr(inflight, "HANG_SECONDS", 0.2)
-    spool, runner, stop = await wired(tmp_path, {"maildir": Hanging()})
+    spool, runner, stop = await wired(tmp_path, {"maildir": Hanging()}, hang_timeout=0.2)
     item = make_item("mail")
     await spool.enqueue(item, BODY)
     await until(lambda: item.id in runner.hung())
