@@ -88,8 +88,7 @@ class Metrics:
         self.commit_batch.observe(batch)
 
     def message_accepted(self, size: int) -> None:
-        self.accepted.inc()
-        self.accept_bytes.inc(size)
+        self.messages_accepted(1, size)
 
     def refused(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

@@ -216,7 +216,7 @@ class WorkerPool:
     def _kill_if_frozen(self, index: int, proc: Child, conn: Connection) -> None:
         """A running worker silent for ``smtp.worker_timeout`` (its event loop stuck) is killed: the next
         turn of the supervisor finds it dead, delivers what its journal holds and starts another."""
-        silent = time.monotonic() - self._heard.get(index, time.monotonic())
+        silent = time.monotonic() - self._heard[index]  # set when it was forked
         if index not in self._ready or silent <= self.config.smtp.worker_timeout or conn.poll():
             return  # still starting (the start-up wait reports that), or alive, or its news not read yet
         log.error("workers: smtp worker %d (pid %d) sent nothing for %.0f s and is taken as frozen; killing it",

@@ -265,7 +265,7 @@ class Runner:
             try:
                 for item in await self._run(self._process_batch, batch):
                     if item.state == DEFERRED:
-                        self.timers.arm(item.next_attempt, item.id)
+                        self.timers.add(item.next_attempt, item.id)
             finally:
                 self._busy -= len(batch)
                 for _, queue_id in batch:

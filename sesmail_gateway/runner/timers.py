@@ -19,11 +19,7 @@ class Timers:
         self._wake = asyncio.Event()
 
     def add(self, when: float, queue_id: str) -> None:
-        """``queue_id`` is due at ``when`` (start-up: the scheduler is not sleeping yet)."""
-        heapq.heappush(self._heap, (when, queue_id))
-
-    def arm(self, when: float, queue_id: str) -> None:
-        """``queue_id`` is due at ``when``; the scheduler wakes to see whether that is sooner."""
+        """``queue_id`` is due at ``when``; a sleeping scheduler wakes to see whether that is sooner."""
         heapq.heappush(self._heap, (when, queue_id))
         self._wake.set()
 
