@@ -43,10 +43,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from _scratch import scratch_folder
 
 LOOPBACK = "127.0.0.1"
 POSTFIX_CANDIDATES = ("/usr/sbin/postfix", "/usr/local/sbin/postfix")
@@ -276,7 +277,7 @@ class PostfixPeer:
             raise PostfixError(reason)
         if not port_is_free(self.port):
             raise PostfixError(f"{LOOPBACK}:{self.port} is already in use")
-        self.root = Path(tempfile.mkdtemp(prefix="smtpbench-postfix-"))
+        self.root = scratch_folder("smtpbench-postfix-")
         self.root.chmod(0o755)  # postfix daemons (uid postfix) must traverse it
         self.config_dir.mkdir(mode=0o755)
         self.queue_dir.mkdir(mode=0o755)  # postfix chdirs here first; "check" creates the rest
@@ -311,7 +312,7 @@ class PostfixPeer:
         self._wait_for_banner(time.monotonic() + START_TIMEOUT)
 
     def stop(self) -> None:
-        """``postfix -c DIR stop``, make sure the master is gone (SIGKILL as a last resort), remove the temp dir."""
+        """``postfix -c DIR stop`` and make sure the master is gone (SIGKILL as a last resort); the temp dir goes when the run ends."""
         if self.root is None:
             return
         try:
@@ -322,7 +323,6 @@ class PostfixPeer:
                     self._postfix("stop")
                 self._wait_master_exit(STOP_TIMEOUT)
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
             self.master_pid = None
 

@@ -68,12 +68,10 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -96,6 +94,7 @@ from _report import (
     ratios,
     size_label,
 )
+from _scratch import scratch_folder
 from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
 
 LOOPBACK = "127.0.0.1"
@@ -333,7 +332,7 @@ class SubprocessTarget(Target):
 
     async def start(self) -> None:
         """Create the temp dir, spawn the process, and wait for its 220 banner."""
-        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"smtpbench-{self.name.replace('+', '-')}-"))
+        self.tmpdir = scratch_folder(f"smtpbench-{self.name.replace('+', '-')}-")
         self.address = (LOOPBACK, free_port())
         await self.prepare()
         self.log = open(self.tmpdir / "server.log", "wb")  # noqa: SIM115 -- closed in stop()
@@ -351,16 +350,14 @@ class SubprocessTarget(Target):
         return ""
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after a grace period, then delete the temp dir."""
+        """SIGTERM the process group, SIGKILL it after a grace period; the temp dir goes when the run ends."""
         if self.proc is not None:
             terminate_group(self.proc, STOP_GRACE)
             self.proc = None
         if self.log is not None:
             self.log.close()
             self.log = None
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
+        self.tmpdir = None
 
     def diagnostics(self) -> str:
         """Return the last lines of the server's combined stdout/stderr."""
@@ -785,9 +782,9 @@ def start_rspamd(workload: Workload) -> Any:
     sys.path.insert(0, str(REPO_ROOT))
     from tests.scanners import rspamd
 
-    folder = Path(tempfile.mkdtemp(prefix="smtp-bench-rspamd-"))
+    folder = scratch_folder("smtp-bench-rspamd-")
     process = rspamd(folder, SimpleNamespace(address=workload.dns_server), workers=RSPAMD_WORKERS,
-                     cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
+                     cleanup=None)
     try:
         process.start()
     except (AssertionError, OSError) as exc:
