@@ -25,14 +25,19 @@ dkimpy's log messages. ed25519-sha256 needs PyNaCl (RFC 8463).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import dkim
 import dkim.canonicalization
 import dkim.crypto
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
@@ -57,6 +62,61 @@ def _str2int(data: bytes) -> int:
 dkim.crypto.int2str = _int2str
 dkim.crypto.str2int = _str2int
 
+_ORIGINAL_RSA_VERIFY = dkim.RSASSA_PKCS1_v1_5_verify
+_ORIGINAL_PARSE_PUBLIC_KEY = dkim.parse_public_key
+_OPENSSL_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_public_key(der: bytes) -> tuple[int, int]:
+    key = _ORIGINAL_PARSE_PUBLIC_KEY(der)
+    return key["modulus"], key["publicExponent"]
+
+
+def _parse_public_key(der: bytes) -> dict[str, int]:
+    """dkimpy's ``parse_public_key``, remembered per key: its ASN.1 parser is pure Python and
+    runs for every signature, while a sender's key changes rarely (errors are not remembered)."""
+    modulus, exponent = _parsed_public_key(bytes(der))
+    return {"modulus": modulus, "publicExponent": exponent}
+
+
+@functools.lru_cache(maxsize=256)
+def _openssl_key(modulus: int, exponent: int) -> rsa.RSAPublicKey:
+    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+
+
+def _rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int]) -> bool:
+    """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` done by OpenSSL (cryptography) instead of Python's pow.
+
+    Same verdicts, with one difference on purpose: a signature whose number is
+    not below the modulus is invalid (RFC 8017 8.2.2), where dkimpy reduces it
+    modulo n and so accepts more than one signature for a message. Like
+    dkimpy, a signature shorter than the key (leading zero bytes dropped) is
+    read as the number it spells. Keys under 1024 bits (refused later by
+    ``minkey``), other digests, and keys OpenSSL will not load stay with dkimpy.
+    """
+    modulus, exponent = public_key["modulus"], public_key["publicExponent"]
+    algorithm = _OPENSSL_HASHES.get(digest.name.lower())
+    if algorithm is None or modulus.bit_length() < 1024:
+        return bool(_ORIGINAL_RSA_VERIFY(digest, signature, public_key))
+    size = (modulus.bit_length() + 7) // 8
+    number = bytes(signature).lstrip(b"\x00")
+    if len(number) > size:
+        return False
+    try:
+        _openssl_key(modulus, exponent).verify(number.rjust(size, b"\x00"), digest.digest(),
+                                               padding.PKCS1v15(), utils.Prehashed(algorithm()))
+    except InvalidSignature:
+        return False
+    except (ValueError, UnsupportedAlgorithm):  # a key or digest this OpenSSL refuses: dkimpy's arithmetic decides
+        return bool(_ORIGINAL_RSA_VERIFY(digest, signature, public_key))
+    return True
+
+
+# One 2048-bit verification: 0.15 ms in Python's pow, 0.02 ms in OpenSSL.
+dkim.RSASSA_PKCS1_v1_5_verify = _rsa_verify
+dkim.parse_public_key = _parse_public_key
+
 _ORIGINAL_RFC822_PARSE = dkim.rfc822_parse
 _ORIGINAL_SELECT_HEADERS = dkim.select_headers
 _LINE_END = re.compile(rb"\r?\n")
@@ -77,7 +137,11 @@ def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     if message.startswith((b"\n", b"\r\n")):
         blank: int | None = 0
     else:
-        ends = [i + 1 for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
+        # The CRLF form first: SMTP mail has it at the end of the header block, so the bare-LF
+        # search that follows stops there instead of running through the whole body.
+        crlf = message.find(b"\n\r\n")
+        lf = message.find(b"\n\n", 0, len(message) if crlf < 0 else crlf + 2)
+        ends = [i + 1 for i in (lf, crlf) if i >= 0]
         blank = min(ends) if ends else None  # where the empty line starts
     if blank is None:
         block, body = message, b""
@@ -135,9 +199,10 @@ def _relaxed_body(body: bytes) -> bytes:
     time. Here only what changes is matched (trailing WSP, tabs, runs of two
     or more), and a body that has none is not rewritten at all.
     """
-    if b" \r\n" in body or b"\t\r\n" in body:
+    tabs = b"\t" in body  # one memchr; the searches for two- and three-byte strings cost far more
+    if b" \r\n" in body or (tabs and b"\t\r\n" in body):
         body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body or b"  " in body:
+    if tabs or b"  " in body:
         body = _WSP_RUN.sub(b" ", body)
     canonical: bytes = dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
     return canonical

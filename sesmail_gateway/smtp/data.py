@@ -37,10 +37,10 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> DataResu
     """
     # A virtual CRLF in front lets an empty message (".\r\n" at once) match too.
     buf = bytearray(b"\r\n")
-    scan_from = 0
+    scan_from = 0  # every CRLF "." starting before this index of buf has been classified
     received = 0
-    stuffed = 0  # CRLF "." sequences seen so far: each one's dot is not message
-    counted_to = 0  # every CRLF "." starting before this index of buf is in ``stuffed``
+    stuffed = 0  # CRLF "." sequences seen so far that are not the terminator: each one's dot is not message
+    dots: list[int] = []  # where those dots are in buf (only while the message is kept)
     too_big = False
     while True:
         chunk = await reader.read(CHUNK)
@@ -48,25 +48,50 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> DataResu
             raise ConnectionResetError("connection closed during DATA")
         received += len(chunk)
         buf += chunk
-        end = buf.find(TERMINATOR, scan_from)
+        # One pass finds both the stuffed dots and the terminator: each is a CRLF ".", and only
+        # CRLF "." CRLF ends the data. A CRLF "." too near the end to tell waits for the next chunk.
+        end = -1
+        while (hit := buf.find(b"\r\n.", scan_from)) >= 0:
+            if len(buf) < hit + len(TERMINATOR):
+                scan_from = hit
+                break
+            if buf[hit + 3:hit + 5] == b"\r\n":
+                end = hit
+                break
+            stuffed += 1
+            if not too_big:
+                dots.append(hit + 2)
+            scan_from = hit + 3
+        else:
+            scan_from = max(scan_from, len(buf) - 2)  # a CRLF "." may straddle two chunks
         if end >= 0:
             leftover = bytes(buf[end + len(TERMINATOR):])
             wire = received - len(leftover)
             if too_big:  # the size is approximate here: it only goes to the log
                 return DataResult(None, wire, leftover, wire - stuffed - 2)
-            # Every CRLF "." loses its dot (RFC 5321 4.5.2); then drop the virtual CRLF.
-            content = bytes(buf[: end + 2]).replace(b"\r\n.", b"\r\n")[2:]
+            # Every CRLF "." loses its dot (RFC 5321 4.5.2); the virtual CRLF goes too.
+            content = _without(memoryview(buf), 2, end + 2, dots)
             if limit is not None and len(content) > limit:
                 return DataResult(None, wire, leftover, len(content))
             return DataResult(content, wire, leftover, len(content))
-        if limit is not None:
-            # Count stuffed dots as they arrive; a CRLF "." may straddle two chunks.
-            stuffed += buf.count(b"\r\n.", counted_to)
-            counted_to = max(0, len(buf) - 2)
-            # received - stuffed is the message so far plus at most two bytes of the terminator.
-            too_big = too_big or received - stuffed > limit + len(TERMINATOR)
+        # received - stuffed is the message so far plus at most two bytes of the terminator.
+        if limit is not None and not too_big and received - stuffed > limit + len(TERMINATOR):
+            too_big = True
+            dots.clear()
         if too_big:
             drop = len(buf) - (len(TERMINATOR) - 1)
-            del buf[:drop]
-            counted_to = max(0, counted_to - drop)
-        scan_from = max(0, len(buf) - (len(TERMINATOR) - 1))
+            if drop > 0:
+                del buf[:drop]
+                scan_from = max(0, scan_from - drop)
+
+
+def _without(data: memoryview, start: int, stop: int, skip: list[int]) -> bytes:
+    """``data[start:stop]`` as bytes, leaving out the byte at each index in ``skip`` (ascending)."""
+    if not skip:
+        return bytes(data[start:stop])
+    parts = []
+    for index in skip:
+        parts.append(data[start:index])
+        start = index + 1
+    parts.append(data[start:stop])
+    return b"".join(parts)

@@ -1,12 +1,15 @@
-"""The fast integer conversions given to dkimpy must equal its own byte loops."""
+"""What the checks give dkimpy in place of its own functions must give dkimpy's results."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import dkim
 import dkim.crypto
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sesmail_gateway.checks import dkim as gateway_dkim
 
@@ -91,3 +94,76 @@ def test_relaxed_body_canonicalization_matches_dkimpy() -> None:
     text = (b"plain text with single spaces only, as most mail is\r\n" * 2000) + b"\r\n\r\n"
     assert gateway_dkim._relaxed_body(text) == original(text)
     assert dkim.canonicalization.Relaxed.canonicalize_body is gateway_dkim._relaxed_body
+
+
+def _dkimpy_key(key: rsa.RSAPrivateKey) -> dict[str, int]:
+    numbers = key.public_key().public_numbers()
+    return {"modulus": numbers.n, "publicExponent": numbers.e}
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+def test_openssl_rsa_verification_matches_dkimpy(bits: int) -> None:
+    """Every verdict of the OpenSSL path equals dkimpy's own arithmetic: good signatures,
+    each byte flipped in turn, other messages, other keys, short and padded signatures."""
+    original = gateway_dkim._ORIGINAL_RSA_VERIFY
+    rng = random.Random(bits)
+    key, other = (rsa.generate_private_key(public_exponent=65537, key_size=bits) for _ in range(2))
+    public = _dkimpy_key(key)
+    for name in ("sha256", "sha1"):
+        algorithm = hashes.SHA256() if name == "sha256" else hashes.SHA1()
+        for n in range(40):
+            data = rng.randbytes(rng.randint(0, 200))
+            signature = key.sign(data, padding.PKCS1v15(), algorithm)
+            candidates = [signature, other.sign(data, padding.PKCS1v15(), algorithm),
+                          key.sign(data + b"x", padding.PKCS1v15(), algorithm), b"\x00" + signature,
+                          signature[1:] if signature[0] == 0 else signature[:-1], b"", b"\x00" * len(signature)]
+            flipped = bytearray(signature)
+            flipped[n % len(signature)] ^= 1 << rng.randrange(8)
+            candidates.append(bytes(flipped))
+            for candidate in candidates:
+                ours = gateway_dkim._rsa_verify(hashlib.new(name, data), candidate, public)
+                assert ours == original(hashlib.new(name, data), candidate, public), (name, candidate.hex())
+            assert gateway_dkim._rsa_verify(hashlib.new(name, data), signature, public) is True
+    assert dkim.RSASSA_PKCS1_v1_5_verify is gateway_dkim._rsa_verify
+
+
+def test_openssl_rsa_verification_refuses_a_signature_not_below_the_modulus() -> None:
+    """dkimpy reduces the signature modulo n, so s + n verifies there too; RFC 8017 8.2.2 says invalid."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    public = _dkimpy_key(key)
+    signature = key.sign(b"data", padding.PKCS1v15(), hashes.SHA256())
+    forged = (int.from_bytes(signature, "big") + public["modulus"]).to_bytes(129, "big")
+    assert gateway_dkim._ORIGINAL_RSA_VERIFY(hashlib.sha256(b"data"), forged, public)
+    assert not gateway_dkim._rsa_verify(hashlib.sha256(b"data"), forged, public)
+
+
+def _prime(rng: random.Random, bits: int) -> int:
+    while True:
+        n = rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+        if all(pow(a, n - 1, n) == 1 for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)):
+            return n
+
+
+def test_small_keys_stay_with_dkimpy() -> None:
+    """Under 1024 bits OpenSSL is not asked (dkimpy's minkey refuses such keys after a match)."""
+    rng = random.Random(768)
+    p, q = _prime(rng, 384), _prime(rng, 384)
+    d = pow(65537, -1, (p - 1) * (q - 1))
+    private = {"modulus": p * q, "publicExponent": 65537, "privateExponent": d, "prime1": p, "prime2": q,
+               "exponent1": d % (p - 1), "exponent2": d % (q - 1), "coefficient": pow(q, -1, p)}
+    public = {"modulus": p * q, "publicExponent": 65537}
+    signature = bytes(dkim.crypto.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(b"data"), private))
+    assert gateway_dkim._rsa_verify(hashlib.sha256(b"data"), signature, public) is True
+    assert gateway_dkim._rsa_verify(hashlib.sha256(b"other"), signature, public) is False
+
+
+def test_public_keys_are_parsed_as_dkimpy_parses_them() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert gateway_dkim._parse_public_key(der) == gateway_dkim._ORIGINAL_PARSE_PUBLIC_KEY(der) == _dkimpy_key(key)
+    first = gateway_dkim._parse_public_key(der)
+    first["modulus"] = 3  # a caller changing its copy changes nobody else's
+    assert gateway_dkim._parse_public_key(der) == _dkimpy_key(key)
+    with pytest.raises(dkim.crypto.UnparsableKeyError):
+        gateway_dkim._parse_public_key(b"\x30\x03garbage")
+    assert dkim.parse_public_key is gateway_dkim._parse_public_key

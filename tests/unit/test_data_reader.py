@@ -156,3 +156,30 @@ async def test_a_message_of_dot_lines_within_the_limit_is_accepted(chunk: int) -
     over, _ = await read(b"..\r\n" * 3334 + b".\r\n", limit=10_000, chunk=chunk)  # 10 002 bytes
     assert over.content is None
     assert over.message_bytes > 10_000
+
+
+async def test_any_wire_in_any_chunks_reads_as_the_rule_says() -> None:
+    """Random wires of dots, line ends and text, fed in random chunk sizes: the content is
+    everything before the first CRLF "." CRLF (counting a CRLF in front of the first line)
+    with each CRLF "." losing its dot, refused only when over the limit, and the bytes after
+    the terminator are left to the session."""
+    import random
+
+    rng = random.Random(17)
+    parts = [b"a", b"bc", b".", b"..", b"\r\n", b"\r\n", b"\r", b"\n", b"\r\n.", b" "]
+    for _ in range(1500):
+        body = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 30)))
+        wire = body + rng.choice([b"\r\n.\r\n", b".\r\n"]) + b"NOOP\r\n"
+        framed = b"\r\n" + wire
+        end = framed.find(TERMINATOR)
+        if end < 0:  # the random body swallowed the ending (".." + ".\r\n" is a stuffed line)
+            with pytest.raises(ConnectionResetError):
+                await read(wire, limit=rng.choice([None, 3]), chunk=rng.choice([1, 2, 3, 5, 8, 64]))
+            continue
+        expected = framed[:end + 2].replace(b"\r\n.", b"\r\n")[2:]
+        limit = rng.choice([None, len(expected), max(0, len(expected) - 1), max(0, len(expected) - 5), len(expected) + 3])
+        result, rest = await read(wire, limit=limit, chunk=rng.choice([1, 2, 3, 5, 8, 64]))
+        want = expected if limit is None or len(expected) <= limit else None
+        assert result.content == want, (wire, limit)
+        assert result.leftover + rest == framed[end + len(TERMINATOR):], wire
+        assert result.received_bytes == end + len(TERMINATOR) - 2
