@@ -26,11 +26,12 @@ safe to share between threads: the daemon runs checks in a thread pool.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,13 +47,23 @@ import dns.reversename
 
 from sesmail_gateway.config import parse_hostport
 
-__all__ = ["BUDGET_EXHAUSTED", "DkimTxtLookup", "DnsResult", "DnsStatus", "Resolver", "ascii_domain"]
+__all__ = ["BUDGET_EXHAUSTED", "CacheOnly", "DkimTxtLookup", "DnsResult", "DnsStatus", "Resolver", "ascii_domain"]
 
 
 FAILURE_TTL = 5  # seconds a temporary failure is remembered
 #: The error of a key lookup never sent because the message's time budget was spent:
 #: not a DNS failure of that name, so never a reason for ``temperror``.
 BUDGET_EXHAUSTED = "time budget for key lookups exhausted"
+NOT_CACHED = "not in the cache (answered from the cache alone)"
+
+
+class CacheOnly:
+    """What a stretch of cache-only answering found: ``missed`` once a query needed DNS."""
+
+    __slots__ = ("missed",)
+
+    def __init__(self) -> None:
+        self.missed = False
 
 
 class DnsStatus(StrEnum):
@@ -203,8 +214,25 @@ class Resolver:
         self._max_negative_ttl = max_negative_ttl
         self._cache = _Cache(max_entries)
         self._lock = threading.Lock()
+        self._cache_only = threading.local()
         self.queries_sent = 0
         self._resolver = self._make_resolver(servers, timeout)
+
+    @contextlib.contextmanager
+    def cache_only(self) -> Iterator[CacheOnly]:
+        """Answer this thread's queries from the cache alone while the block runs.
+
+        A query the cache cannot answer is neither sent nor cached: it answers
+        ``tempfail`` and sets ``missed``, and the caller throws away whatever
+        it computed and does it again where waiting for DNS is allowed. This
+        lets the checks run on the event loop when every answer is at hand.
+        """
+        probe = CacheOnly()
+        self._cache_only.probe = probe
+        try:
+            yield probe
+        finally:
+            self._cache_only.probe = None
 
     @staticmethod
     def _make_resolver(servers: Sequence[str], timeout: float) -> dns.resolver.Resolver:
@@ -231,6 +259,10 @@ class Resolver:
         cached = self._cache.get(key, now)
         if cached is not None:
             return cached
+        probe: CacheOnly | None = getattr(self._cache_only, "probe", None)
+        if probe is not None:
+            probe.missed = True
+            return DnsResult(DnsStatus.TEMPFAIL, error=NOT_CACHED)
         result = self._lookup(key[0], rdtype)
         if result.status is DnsStatus.TEMPFAIL:
             # RFC 2308 7.1: remember a server failure briefly, so a dead server is not

@@ -170,3 +170,30 @@ def test_reverse_name_counts_only_when_it_resolves_back(dns_server: TestDNSServe
     assert confirmed_reverse_name(resolver, "192.0.2.6") == ""
     assert confirmed_reverse_name(resolver, "192.0.2.7") == ""  # no PTR at all
     assert confirmed_reverse_name(resolver, "not an address") == ""
+
+
+def test_cache_only_answers_from_the_cache_and_records_a_miss(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    """A miss in cache-only mode is neither sent nor cached: a later query asks the server."""
+    dns_server.add("cached.test", "TXT", "v=spf1 -all")
+    resolver.txt("cached.test")
+    sent = dns_server.query_count()
+    with resolver.cache_only() as probe:
+        assert resolver.txt("cached.test").records == (b"v=spf1 -all",)
+        assert not probe.missed
+        missing = resolver.txt("other.test")
+        assert probe.missed
+    assert missing.status is DnsStatus.TEMPFAIL
+    assert dns_server.query_count() == sent
+    dns_server.add("other.test", "TXT", "found")
+    assert resolver.txt("other.test").records == (b"found",)  # the miss's tempfail was not remembered
+    assert dns_server.query_count() == sent + 1
+
+
+def test_cache_only_holds_for_its_own_thread(dns_server: TestDNSServer, resolver: Resolver) -> None:
+    dns_server.add("elsewhere.test", "TXT", "x")
+    answers: list[DnsStatus] = []
+    with resolver.cache_only() as probe:
+        thread = threading.Thread(target=lambda: answers.append(resolver.txt("elsewhere.test").status))
+        thread.start()
+        thread.join()
+    assert answers == [DnsStatus.OK] and not probe.missed
