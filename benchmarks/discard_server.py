@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--checks-dns", default="", metavar="HOST:PORT",
                         help="run the gateway's checks on every message, resolving through this DNS server")
     parser.add_argument("--processes", type=int, default=1,
-                        help="server processes sharing the port (SO_REUSEPORT), as the gateway's SMTP workers do")
+                        help="server processes sharing the port (SO_REUSEPORT), one per gateway SMTP worker")
     args = parser.parse_args()
     if args.checks_dns:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -97,7 +97,7 @@ class Target:
 
         handler.handle_exception = handle_exception  # type: ignore[method-assign]
         self.server = SMTPServer(config, handler)
-        sock = bind_socket("127.0.0.1:0", reuse_port=False)
+        sock = bind_socket("127.0.0.1:0")
         self.port = (await self.server.start([sock]))[0][1]
 
     async def _session(self, data: bytes) -> bytes:

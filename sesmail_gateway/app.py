@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 from sesmail_gateway import control, sdnotify
@@ -20,6 +21,7 @@ from sesmail_gateway.control import ControlServer
 from sesmail_gateway.fsutil import ensure_dir
 from sesmail_gateway.metrics import Metrics, MetricsServer
 from sesmail_gateway.queue_ops import QueueOpError
+from sesmail_gateway.smtp.server import bind_socket
 from sesmail_gateway.spool import run_checkpoints
 from sesmail_gateway.workers import Forks, WorkerPool, worker_count
 
@@ -37,6 +39,7 @@ class Gateway:
         self.metrics = Metrics()
         # Then the sockets, so a taken port stops start-up before anything touches the spool.
         self.metrics_server: MetricsServer | None = None
+        self.bound: list[tuple[str, int]] = []
         if config.metrics.listen:
             try:
                 self.metrics_server = MetricsServer(self.metrics, config.metrics.listen, self.healthy)
@@ -49,22 +52,34 @@ class Gateway:
         self.runner = delivery.runner
         self.tokens = delivery.tokens
         self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
-        # One worker: SMTP runs in this process. More: worker processes share the port.
+        # One worker: SMTP runs in this process. More: worker processes accept from sockets bound here.
         self.smtp: SmtpSide | None = None
         self.pool: WorkerPool | None = None
+        self.listening: list[socket.socket] = []
         if worker_count(config) == 1:
             self.smtp = build_smtp_side(config, spool=self.spool, store=self.store, metrics=self.metrics)
         else:
+            for address in config.smtp.listen:
+                try:
+                    self.listening.append(bind_socket(address))
+                except OSError as exc:
+                    self._close_listening()
+                    raise ConfigError(f"smtp.listen: cannot listen on {address}: {exc.strerror}") from None
+            self.bound = [(str(name[0]), int(name[1])) for name in (s.getsockname() for s in self.listening)]
             # serve() forks the fork server before anything is open; one forked here would inherit the lock.
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
                                    on_accepted=self.runner.accept_record, on_sealed=self.spool.segments.sealed,
                                    on_died=self.runner.adopt, forks=forks or Forks.start(config),
-                                   on_lost=self.request_stop)
+                                   on_lost=self.request_stop, sockets=self.listening)
         self.cloudwatch: CloudWatchPublisher | None = None
         self._stop = asyncio.Event()
         self._checkpoints: asyncio.Task[None] | None = None
         self._token_watch: asyncio.Task[None] | None = None
-        self.bound: list[tuple[str, int]] = []
+
+    def _close_listening(self) -> None:
+        for sock in self.listening:
+            sock.close()
+        self.listening.clear()
 
     def healthy(self) -> tuple[bool, str]:
         if self.smtp is not None and not self.smtp.server.listening:
@@ -131,6 +146,7 @@ class Gateway:
             await self.smtp.drain(timeout=self.config.smtp.data_timeout)
         if self.pool is not None:
             await self.pool.stop()
+        self._close_listening()
         await self.control.stop()
         if self._token_watch is not None:
             self._token_watch.cancel()

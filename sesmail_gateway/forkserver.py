@@ -22,7 +22,7 @@ nothing can be forked any more: ``fork`` raises OSError and the daemon
 stops with exit status 1, for the service manager to start it afresh.
 
 Protocol, over a ``socketpair(SOCK_SEQPACKET)``: the daemon sends the
-child's index with one file descriptor for the child (SCM_RIGHTS); the
+child's index with the file descriptors for the child (SCM_RIGHTS); the
 server answers with the new child's pid and a pidfd of it, which the daemon
 polls for its exit and signals without a race against pid reuse. The
 server reaps its children and logs an exit status that is not 0.
@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,10 @@ REPLY_TIMEOUT = 30.0
 TREE_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 """Signals the daemon handles for its whole tree; the server never acts on them."""
 
-ChildMain = Callable[[int, int], None]
-"""What a child runs: ``(index, fd)``; it returns to exit 0 and raises to exit 1."""
+ChildMain = Callable[[int, list[int]], None]
+"""What a child runs: ``(index, fds)``; it returns to exit 0 and raises to exit 1."""
+MAX_FDS = 64
+"""File descriptors one fork request may hand to the child."""
 
 
 def die_with_parent(signum: int) -> None:
@@ -106,9 +108,9 @@ class ForkServer:
         ours.settimeout(REPLY_TIMEOUT)
         return cls(pid, ours)
 
-    def fork(self, index: int, fd: int) -> Child:
-        """Fork child ``index``, handing it ``fd``. OSError when the server is gone."""
-        socket.send_fds(self._sock, [str(index).encode()], [fd])
+    def fork(self, index: int, fds: Sequence[int]) -> Child:
+        """Fork child ``index``, handing it ``fds``. OSError when the server is gone."""
+        socket.send_fds(self._sock, [str(index).encode()], list(fds))
         reply, fds, _, _ = socket.recv_fds(self._sock, 16, 1)
         if not fds:
             raise ConnectionResetError("fork server: gone")
@@ -173,7 +175,7 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
     server = os.getpid()
     sock.settimeout(None)
     while True:
-        request, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        request, fds, _, _ = socket.recv_fds(sock, 16, MAX_FDS)
         if not request:  # the daemon closed its end, or died
             return
         index = int(request)
@@ -182,7 +184,7 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            os._exit(_child(sock, server, index, fds[0], child_main, f"{child_name}-{index}"))
+            os._exit(_child(sock, server, index, fds, child_main, f"{child_name}-{index}"))
         for fd in fds:
             os.close(fd)
         children[pid] = f"{child_name}-{index}"
@@ -194,7 +196,7 @@ def _serve(sock: socket.socket, daemon: int, child_main: ChildMain, name: str, c
             os.close(pidfd)
 
 
-def _child(sock: socket.socket, server: int, index: int, fd: int, child_main: ChildMain, name: str) -> int:
+def _child(sock: socket.socket, server: int, index: int, fds: list[int], child_main: ChildMain, name: str) -> int:
     try:
         sock.close()
         # Until the child sets its own handlers, SIGTERM ends it (it has accepted nothing yet); SIGHUP
@@ -208,8 +210,9 @@ def _child(sock: socket.socket, server: int, index: int, fd: int, child_main: Ch
         if os.getppid() != server:
             return 1
         set_name(name)
-        os.set_inheritable(fd, False)
-        child_main(index, fd)
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        child_main(index, fds)
         return 0
     except BaseException:  # noqa: BLE001 -- exit here, never return into the server's loop
         traceback.print_exc()

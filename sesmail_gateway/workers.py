@@ -1,4 +1,4 @@
-"""SMTP worker processes: ``smtp.workers`` processes share the port (SO_REUSEPORT).
+"""SMTP worker processes: ``smtp.workers`` processes accept from the daemon's listening sockets.
 
 Each worker runs SMTP sessions, route look-ups and checks, and writes into
 the one spool (queue ids carry the pid, so they stay unique). The main
@@ -11,7 +11,10 @@ builds too; this module keeps the life cycles.
 
 Workers are forked by a fork server (``forkserver.py``) that the daemon
 forks before it starts any thread, so they share the imported code and
-data with it instead of importing everything again.
+data with it instead of importing everything again. The daemon binds the
+listening sockets and hands them to each worker it forks; the workers share
+the connections out between them (``smtp/server.py``), and a connection
+that arrives while no worker runs waits in the socket's queue.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
@@ -45,12 +49,17 @@ def worker_count(config: Config) -> int:
     return config.smtp.workers or os.cpu_count() or 1
 
 
-def run_worker(config: Config, limits: SharedLimits, index: int, fd: int) -> None:
-    """Entry point of a worker process, forked by the fork server (logging is set up already)."""
-    asyncio.run(_worker(config, index, Connection(fd, readable=False), limits))
+def run_worker(config: Config, limits: SharedLimits, index: int, fds: list[int]) -> None:
+    """Entry point of a worker process, forked by the fork server (logging is set up already).
+
+    ``fds``: the write end of its pipe to the daemon, then the listening sockets."""
+    pipe, *listening = fds
+    sockets = [socket.socket(fileno=fd) for fd in listening]
+    asyncio.run(_worker(config, index, Connection(pipe, readable=False), limits, sockets))
 
 
-async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits) -> None:
+async def _worker(config: Config, index: int, conn: Connection, limits: SharedLimits,
+                  sockets: list[socket.socket]) -> None:
     relay = MetricsRelay(conn)
     worker = build_worker_side(config, relay, limits.bind(index))
     smtp = worker.smtp
@@ -59,7 +68,7 @@ async def _worker(config: Config, index: int, conn: Connection, limits: SharedLi
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the main process decides
     loop.add_signal_handler(signal.SIGHUP, smtp.reload)
-    await smtp.server.start()
+    await smtp.server.start(sockets)
     conn.send(("ready", index))
 
     parent = os.getppid()
@@ -114,6 +123,7 @@ class WorkerPool:
         self, config: Config, metrics: Metrics, on_queued: Callable[[str], None], *,
         on_accepted: Callable[[bytes, str, int], None], on_sealed: Callable[[str, bool, int], None],
         on_died: Callable[[int], Awaitable[int]], forks: Forks, on_lost: Callable[[], None],
+        sockets: list[socket.socket],
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -122,6 +132,7 @@ class WorkerPool:
         self.on_sealed = on_sealed
         self.on_died = on_died
         self.on_lost = on_lost
+        self.sockets = sockets  # the listening sockets, handed to every worker
         self.count = worker_count(config)
         self.limits = forks.limits
         self._server = forks.server
@@ -153,7 +164,7 @@ class WorkerPool:
         self.limits.reset(index)  # a dead predecessor's sessions are gone
         parent, child = multiprocessing.Pipe(duplex=False)
         try:
-            proc = self._server.fork(index, child.fileno())
+            proc = self._server.fork(index, [child.fileno(), *(sock.fileno() for sock in self.sockets)])
         except OSError as exc:
             parent.close()
             self._procs.pop(index, None)

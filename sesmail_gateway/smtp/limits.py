@@ -29,6 +29,10 @@ class Limits(Protocol):
 
     def release(self, ip: str) -> None: ...
 
+    def surplus(self) -> int:
+        """How many sessions this process holds beyond the least busy worker (0 with one process)."""
+        ...
+
 
 class LocalLimits:
     """Counters for a gateway whose sessions all run in one process."""
@@ -53,6 +57,9 @@ class LocalLimits:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+
+    def surplus(self) -> int:
+        return 0
 
 
 class SharedLimits:
@@ -109,3 +116,9 @@ class SharedLimits:
             mine = self.slot * self._row
             counts[mine] -= 1
             counts[mine + bucket] -= 1
+
+    def surplus(self) -> int:
+        # Read without the lock: a count one session out of date only delays an accept a little.
+        counts = self._counts.get_obj()
+        totals: list[int] = [counts[row] for row in range(0, self.slots * self._row, self._row)]
+        return max(0, totals[self.slot] - min(totals))

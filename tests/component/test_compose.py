@@ -102,7 +102,7 @@ def send(port: int) -> str:
 
 
 async def serve(side: SmtpSide) -> int:
-    sock = bind_socket("127.0.0.1:0", reuse_port=False)
+    sock = bind_socket("127.0.0.1:0")
     bound = await side.server.start([sock])
     return bound[0][1]
 

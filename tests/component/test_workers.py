@@ -1,4 +1,4 @@
-"""Scenarios with several SMTP worker processes sharing the port.
+"""Scenarios with several SMTP worker processes sharing the daemon's listening socket.
 
 The process tree: the daemon, one fork server (``sesmail-forks``) forked
 from it before it starts any thread, and the workers (``sesmail-smtp-N``)
@@ -250,4 +250,32 @@ def test_09_a_frozen_worker_is_killed_and_replaced_and_a_busy_one_is_not(
     assert not alive([workers[0]])  # killed, not left stopped
     send(gateway.port, 6, "after")
     gateway.wait_delivered(14)
+    assert gateway.stop() == 0
+
+
+def test_10_concurrent_sessions_are_shared_evenly_between_the_workers(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    """Twelve sessions held open at once end up six and six. With SO_REUSEPORT the kernel chose
+    the worker by a hash of the client's port, and 20 benchmark sessions were split 16 to 4 (the
+    one worker's CPU the limit, the other idle). The worker of a session is read from the pid in
+    its queue id."""
+    gateway = make_gateway({"smtp": {"workers": 2}})
+    _server, workers = wait_for(lambda: fork_tree(gateway))
+    sessions = []
+    for _ in range(12):  # one after another, each greeted before the next connects
+        smtp = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+        smtp.ehlo("client.test")
+        sessions.append(smtp)
+    per_worker = {pid & 0xFFFFF: 0 for pid in workers}
+    for n, smtp in enumerate(sessions):
+        smtp.mail("s@sender.test")
+        smtp.rcpt("bob@example.test")
+        code, reply = smtp.data(f"From: s@sender.test\r\nSubject: {n}\r\n\r\nbody\r\n".encode())
+        assert code == 250
+        queue_id = reply.decode().rsplit(" ", 1)[-1]
+        per_worker[int(queue_id[13:18], 16)] += 1
+        smtp.quit()
+    assert sorted(per_worker.values()) == [6, 6], per_worker
+    gateway.wait_delivered(12)
     assert gateway.stop() == 0

@@ -182,7 +182,7 @@ async def test_drain_lets_a_message_being_spooled_get_its_250(
 
     monkeypatch.setattr(spool, "enqueue", slow_enqueue)
     server = SMTPServer(make_config(tmp_path), handler)
-    sock = bind_socket("127.0.0.1:0", reuse_port=False)
+    sock = bind_socket("127.0.0.1:0")
     await server.start([sock])
     reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
     try:
