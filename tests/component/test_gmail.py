@@ -466,3 +466,25 @@ def test_13_an_import_that_never_answers_makes_healthz_fail_until_it_ends(
     wait_for(lambda: gmail.imports_for(ME), timeout=20)
     wait_for(lambda: healthz(gw.gateway)[0] == 200, timeout=20)
     wait_for(gw.settled, timeout=20)
+
+
+def test_16_local_deliveries_go_on_while_a_gmail_import_hangs(
+        make_gmail_gateway: Callable[..., GmailGateway], gmail: GmailTestServer) -> None:
+    """Local deliveries (Maildir, folder archive) share one thread; an import that never answers
+    holds a thread of the remote pool, never that one."""
+    gw = make_gmail_gateway({"bob@example.test": [ME]}, start=False)
+    maildir = gw.gateway.data_dir / "alice"
+    gw.gateway.cli("routes", "add", "alice@example.test", "--action", "maildir", "--target", str(maildir))
+    gw.gateway.start()
+    gmail.stall_imports()
+    try:
+        gw.send("bob@example.test")
+        wait_for(lambda: gmail.stalled == 1, timeout=20)
+        for _ in range(6):
+            gw.send("alice@example.test")
+        assert len(gw.gateway.wait_delivered(6, maildir)) == 6
+        assert not gmail.imports_for(ME)
+    finally:
+        gmail.release_imports()
+    wait_for(lambda: gmail.imports_for(ME), timeout=20)
+    wait_for(gw.settled, timeout=20)
