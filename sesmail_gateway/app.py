@@ -46,6 +46,16 @@ class Gateway:
             except OSError as exc:
                 raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
                                   f"{exc.strerror}") from None
+        # With SMTP worker processes, their listening sockets are bound here and handed to each.
+        self.listening: list[socket.socket] = []
+        if worker_count(config) > 1:
+            for address in config.smtp.listen:
+                try:
+                    self.listening.append(bind_socket(address))
+                except OSError as exc:
+                    self._close_listening()
+                    raise ConfigError(f"smtp.listen: cannot listen on {address}: {exc.strerror}") from None
+            self.bound = [(str(name[0]), int(name[1])) for name in (s.getsockname() for s in self.listening)]
         delivery = build_delivery_side(config, self.metrics)
         self.spool = delivery.spool
         self.store = delivery.store
@@ -55,17 +65,9 @@ class Gateway:
         # One worker: SMTP runs in this process. More: worker processes accept from sockets bound here.
         self.smtp: SmtpSide | None = None
         self.pool: WorkerPool | None = None
-        self.listening: list[socket.socket] = []
         if worker_count(config) == 1:
             self.smtp = build_smtp_side(config, spool=self.spool, store=self.store, metrics=self.metrics)
         else:
-            for address in config.smtp.listen:
-                try:
-                    self.listening.append(bind_socket(address))
-                except OSError as exc:
-                    self._close_listening()
-                    raise ConfigError(f"smtp.listen: cannot listen on {address}: {exc.strerror}") from None
-            self.bound = [(str(name[0]), int(name[1])) for name in (s.getsockname() for s in self.listening)]
             # serve() forks the fork server before anything is open; one forked here would inherit the lock.
             self.pool = WorkerPool(config, self.metrics, on_queued=self.runner.notify,
                                    on_accepted=self.runner.accept_record, on_sealed=self.spool.segments.sealed,

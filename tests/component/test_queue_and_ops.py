@@ -210,3 +210,19 @@ def test_a_taken_metrics_port_is_one_line_and_exit_2(make_gateway: Callable[...,
         assert gateway.proc.wait(30) == 2
     assert "metrics.listen: cannot listen" in gateway.log() and "Traceback" not in gateway.log()
     assert not (gateway.data_dir / "spool").exists()  # nothing touched before the sockets were bound
+
+
+def test_a_taken_smtp_port_with_workers_is_one_line_and_exit_2(make_gateway: Callable[..., Gateway]) -> None:
+    """With SMTP worker processes the daemon binds their sockets itself, before the spool."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        gateway = make_gateway({"smtp": {"workers": 2, "listen": [f"127.0.0.1:{busy.getsockname()[1]}"]}},
+                               start=False)
+        gateway.start(wait=False)
+        assert gateway.proc is not None
+        assert gateway.proc.wait(30) == 2
+    assert "smtp.listen: cannot listen on" in gateway.log() and "Traceback" not in gateway.log()
+    assert not (gateway.data_dir / "spool").exists()
