@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from sesmail_gateway.checks.dkim import ArcResult, DkimResult, check_arc, check_dkim
 from sesmail_gateway.checks.dmarc import CHECK_FAILED, DmarcResult, check_dmarc
 from sesmail_gateway.checks.dns import DkimTxtLookup, DnsResult, DnsStatus, Resolver
+from sesmail_gateway.checks.headers import RawField, header_fields
 from sesmail_gateway.checks.policy import (
     Decision,
     authentication_results,
@@ -40,7 +41,7 @@ __all__ = [
 
 def evaluate(message: bytes, *, ip: str, helo: str, mail_from: str | None, resolver: Resolver,
              now: float | None = None, rng: Callable[[], float] = random.random,
-             spf: SpfResult | None = None) -> Verdicts:
+             spf: SpfResult | None = None, fields: Sequence[RawField] | None = None) -> Verdicts:
     """Run every check on the complete ``message`` (raw bytes as received).
 
     ``mail_from`` is the envelope sender without angle brackets (``""`` or
@@ -54,7 +55,9 @@ def evaluate(message: bytes, *, ip: str, helo: str, mail_from: str | None, resol
     (``fail`` for ARC), never a result that lets a message skip its policy.
     A DMARC check that breaks gives ``permerror`` with reason
     :data:`CHECK_FAILED`, which the policy table quarantines under enforce.
+    ``fields``: the message's header fields, when the caller has parsed them.
     """
+    parsed = header_fields(message) if fields is None else fields
     if spf is None:
         spf = _guard("spf", lambda: check_spf(resolver, ip, helo, mail_from),
                      lambda why: SpfResult("permerror", "", why, "mailfrom" if mail_from else "helo"))
@@ -62,11 +65,12 @@ def evaluate(message: bytes, *, ip: str, helo: str, mail_from: str | None, resol
     # signed with keys on deliberately slow name servers must not run the checks out of time
     # (a timeout leaves DMARC temperror, which applies no policy).
     keys = DkimTxtLookup(resolver, KEY_LOOKUP_BUDGET)
-    dkim = _guard("dkim", lambda: tuple(check_dkim(message, resolver, lookup=keys)),
+    dkim = _guard("dkim", lambda: tuple(check_dkim(message, resolver, lookup=keys, fields=parsed)),
                   lambda why: (DkimResult("permerror", reason=why),))
-    arc = _guard("arc", lambda: check_arc(message, resolver, lookup=keys), lambda why: ArcResult("fail", why))
+    arc = _guard("arc", lambda: check_arc(message, resolver, lookup=keys, fields=parsed),
+                 lambda why: ArcResult("fail", why))
     spf_verdict = spf
-    dmarc = _guard("dmarc", lambda: check_dmarc(resolver, message, spf_verdict, dkim, rng=rng),
+    dmarc = _guard("dmarc", lambda: check_dmarc(resolver, message, spf_verdict, dkim, rng=rng, fields=parsed),
                    lambda why: DmarcResult("permerror", reason=CHECK_FAILED))
     return Verdicts(spf, dkim, arc, dmarc, time.time() if now is None else now)
 

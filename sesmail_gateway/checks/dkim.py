@@ -29,6 +29,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from sesmail_gateway.checks.dns import BUDGET_EXHAUSTED, DkimTxtLookup, DnsResult, DnsStatus, Resolver
-from sesmail_gateway.checks.headers import header_fields
+from sesmail_gateway.checks.headers import RawField, header_fields
 
 
 def _int2str(n: int, length: int = -1) -> bytearray:
@@ -241,19 +242,21 @@ class ArcResult:
     reason: str = ""
 
 
-def _has_field(message: bytes, *names: str) -> bool:
-    return any(field.is_named(name) for field in header_fields(message) for name in names)
+def _has_field(message: bytes, *names: str, fields: Sequence[RawField] | None = None) -> bool:
+    return any(field.is_named(name) for field in (header_fields(message) if fields is None else fields)
+               for name in names)
 
 
 def check_dkim(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
                max_signatures: int = MAX_SIGNATURES, lookup: DkimTxtLookup | None = None,
-               now: float | None = None) -> list[DkimResult]:
+               now: float | None = None, fields: Sequence[RawField] | None = None) -> list[DkimResult]:
     """One result per DKIM-Signature field, top first; ``[]`` when unsigned.
     Key lookups share one ``lifetime`` budget (or the budget of ``lookup``,
     shared with ARC); signatures past ``max_signatures`` are recorded
     ``neutral`` unverified (RFC 6376 6.1 lets a verifier limit them). ``now``
-    (default ``time.time()``) decides expiry. Never raises."""
-    if not _has_field(message, "dkim-signature"):
+    (default ``time.time()``) decides expiry. ``fields``: the message's header fields, when the
+    caller has them already. Never raises."""
+    if not _has_field(message, "dkim-signature", fields=fields):
         return []  # skip dkimpy's parse of the whole message
     try:
         verifier = dkim.DKIM(message, logger=_QUIET, minkey=1024)
@@ -367,11 +370,11 @@ def _unsigned_body(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> str:
 
 
 def check_arc(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,
-              lookup: DkimTxtLookup | None = None) -> ArcResult:
+              lookup: DkimTxtLookup | None = None, fields: Sequence[RawField] | None = None) -> ArcResult:
     """Validate the ARC chain: ``none`` without ARC headers, else pass or fail
     (a DNS failure fails the chain; the reason says so). ``lookup`` shares a
     time budget with DKIM. Never raises."""
-    if not _has_field(message, "arc-seal", "arc-message-signature", "arc-authentication-results"):
+    if not _has_field(message, "arc-seal", "arc-message-signature", "arc-authentication-results", fields=fields):
         return ArcResult("none", "Message is not ARC signed")
     lookup = lookup or DkimTxtLookup(resolver, lifetime)
     try:

@@ -36,7 +36,7 @@ from checkdmarc.utils import get_base_domain
 
 from sesmail_gateway.checks.dkim import DkimResult
 from sesmail_gateway.checks.dns import DnsStatus, Resolver, ascii_domain
-from sesmail_gateway.checks.headers import header_fields, unfold
+from sesmail_gateway.checks.headers import RawField, header_fields, unfold
 from sesmail_gateway.checks.rfc5322 import Unparseable, mailbox_addresses
 from sesmail_gateway.checks.spf import SpfResult
 
@@ -90,9 +90,10 @@ def _address_domain(address: str) -> str:
     return ascii_domain(domain)
 
 
-def from_domain(message: bytes) -> tuple[str, str]:
-    """``(domain, "")`` for the one author domain, or ``("", problem)``."""
-    fields = [f for f in header_fields(message) if f.is_named("from")]
+def from_domain(message: bytes, fields: Sequence[RawField] | None = None) -> tuple[str, str]:
+    """``(domain, "")`` for the one author domain, or ``("", problem)``; ``fields``: the message's
+    header fields, when the caller has them already."""
+    fields = [f for f in (header_fields(message) if fields is None else fields) if f.is_named("from")]
     if not fields:
         return "", "no-from"
     if len(fields) > 1:
@@ -110,10 +111,10 @@ def from_domain(message: bytes) -> tuple[str, str]:
 
 
 def check_dmarc(resolver: Resolver, message: bytes, spf: SpfResult, dkim: Sequence[DkimResult], *,
-                rng: Callable[[], float] = random.random) -> DmarcResult:
+                rng: Callable[[], float] = random.random, fields: Sequence[RawField] | None = None) -> DmarcResult:
     """Evaluate DMARC for ``message`` given the SPF and DKIM verdicts. ``rng``
     returns a float in [0, 1) for ``pct`` sampling. Never raises."""
-    author, problem = from_domain(message)
+    author, problem = from_domain(message, fields)
     if problem:
         return DmarcResult("permerror", policy="reject", disposition="reject", reason=problem)
     found = _discover(resolver, author)

@@ -25,6 +25,7 @@ from sesmail_gateway.checks import evaluate
 from sesmail_gateway.checks.dkim import ArcResult, DkimResult
 from sesmail_gateway.checks.dmarc import DmarcResult
 from sesmail_gateway.checks.dns import Resolver, confirmed_reverse_name
+from sesmail_gateway.checks.headers import header_fields
 from sesmail_gateway.checks.policy import (
     Decision,
     authentication_results,
@@ -101,9 +102,10 @@ class Inspector:
         def run() -> tuple[bytes, Verdicts, str]:
             # One run for the whole inspection: parsing the bytes, the checks, and the client's
             # reverse name (each DNS lookup is bounded by dns_timeout, far inside ``timeout``).
-            cleaned = strip_forged_authentication_results(content, self.hostname)
+            fields = header_fields(content)  # parsed once for the stripping and every check
+            cleaned = strip_forged_authentication_results(content, self.hostname, fields)
             verdicts = evaluate(cleaned, ip=ip, helo=helo, mail_from=mail_from or None, resolver=self.resolver,
-                                spf=spf)
+                                spf=spf, fields=fields if cleaned is content else None)
             return cleaned, verdicts, confirmed_reverse_name(self.resolver, ip)
 
         outcome = self._from_cache(run) if len(content) <= INLINE_LIMIT else None

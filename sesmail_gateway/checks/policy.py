@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sesmail_gateway.checks import rfc5322
 from sesmail_gateway.checks.dmarc import CHECK_FAILED, FROM_PROBLEMS
-from sesmail_gateway.checks.headers import header_fields, unfold
+from sesmail_gateway.checks.headers import RawField, header_fields, unfold
 from sesmail_gateway.checks.verdicts import Verdicts
 
 __all__ = ["POLICY_TABLE", "Decision", "authentication_results", "decide", "decide_scan", "for_message",
@@ -202,12 +202,14 @@ def claims_to_be(value: str, authserv_id: str) -> bool:
         return ours in value.lower()
 
 
-def strip_forged_authentication_results(message: bytes, authserv_id: str) -> bytes:
+def strip_forged_authentication_results(message: bytes, authserv_id: str,
+                                        fields: Sequence[RawField] | None = None) -> bytes:
     """Remove from the header block every Authentication-Results field (with
     its continuation lines) whose authserv-id is ours, case-insensitively;
     every other byte is returned untouched. Fields of other authserv-ids, and
     anything in the body, stay. Linear in the size of the header block."""
-    forged = [f for f in header_fields(message) if f.is_named("authentication-results")
+    forged = [f for f in (header_fields(message) if fields is None else fields)
+              if f.is_named("authentication-results")
               and claims_to_be(unfold(f.value), authserv_id)]
     if not forged:
         return message

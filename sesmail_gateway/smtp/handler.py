@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import logging
 import re
 import time
@@ -42,6 +43,12 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain.lower().rstrip(".")
 
 
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    """The date of a Received field (to the second, as RFC 5322 writes it), formatted once per second."""
+    return email.utils.formatdate(second, localtime=False)
+
+
 def received_header(*, item: QueueItem, hostname: str, esmtp: bool) -> bytes:
     """RFC 5321 trace header; ``for`` only with one recipient, so Bcc lists do not leak."""
     protocol = ("ESMTPS" if item.client.tls else "ESMTP") if esmtp else "SMTP"
@@ -51,7 +58,7 @@ def received_header(*, item: QueueItem, hostname: str, esmtp: bool) -> bytes:
         f"Received: from {helo} ({reverse} [{item.client.ip}])",
         f"\tby {hostname} (sesmail-gateway) with {protocol} id {item.id}",
     ]
-    when = email.utils.formatdate(item.created, localtime=False)
+    when = _rfc5322_date(int(item.created))
     if len(item.recipients) == 1:
         lines.append(f"\tfor <{_CONTROL.sub('?', item.recipients[0].address)}>; {when}")
     else:

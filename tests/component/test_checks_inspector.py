@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from sesmail_gateway.checks import inspector as inspector_module
+from sesmail_gateway.checks.headers import RawField
 from sesmail_gateway.checks.inspector import INLINE_LIMIT, Inspector
 from sesmail_gateway.config import ChecksConfig
 from tests.dnsserver import TestDNSServer
@@ -36,9 +37,9 @@ def strip_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     threads: list[str] = []
     real = inspector_module.strip_forged_authentication_results
 
-    def observed(message: bytes, authserv_id: str) -> bytes:
+    def observed(message: bytes, authserv_id: str, fields: Sequence[RawField] | None = None) -> bytes:
         threads.append(threading.current_thread().name)
-        return real(message, authserv_id)
+        return real(message, authserv_id, fields)
 
     monkeypatch.setattr(inspector_module, "strip_forged_authentication_results", observed)
     return threads
