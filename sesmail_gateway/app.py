@@ -39,30 +39,30 @@ class Gateway:
         self.metrics = Metrics()
         # Then the sockets, so a taken port stops start-up before anything touches the spool.
         self.metrics_server: MetricsServer | None = None
-        self.bound: list[tuple[str, int]] = []
         if config.metrics.listen:
             try:
                 self.metrics_server = MetricsServer(self.metrics, config.metrics.listen, self.healthy)
             except OSError as exc:
                 raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
                                   f"{exc.strerror}") from None
-        # With SMTP worker processes, their listening sockets are bound here and handed to each.
+        # The SMTP sockets: served here with one worker, else handed to each worker process. A bind that
+        # fails names its smtp.listen address; `serve` tells a setting to fix (exit 2) from a port still
+        # taken, which a restart may cure.
         self.listening: list[socket.socket] = []
-        if worker_count(config) > 1:
-            for address in config.smtp.listen:
-                try:
-                    self.listening.append(bind_socket(address))
-                except OSError as exc:
-                    self._close_listening()
-                    raise ConfigError(f"smtp.listen: cannot listen on {address}: {exc.strerror}") from None
-            self.bound = [(str(name[0]), int(name[1])) for name in (s.getsockname() for s in self.listening)]
+        for address in config.smtp.listen:
+            try:
+                self.listening.append(bind_socket(address))
+            except OSError:
+                self._close_listening()
+                raise
+        self.bound = [(str(name[0]), int(name[1])) for name in (s.getsockname() for s in self.listening)]
         delivery = build_delivery_side(config, self.metrics)
         self.spool = delivery.spool
         self.store = delivery.store
         self.runner = delivery.runner
         self.tokens = delivery.tokens
         self.control = ControlServer(config.data_dir, {"reload-tokens": self._reload_tokens, "queue": self._queue_op})
-        # One worker: SMTP runs in this process. More: worker processes accept from sockets bound here.
+        # One worker: SMTP runs in this process. More: worker processes accept from the sockets above.
         self.smtp: SmtpSide | None = None
         self.pool: WorkerPool | None = None
         if worker_count(config) == 1:
@@ -103,7 +103,7 @@ class Gateway:
         self._checkpoints = asyncio.create_task(run_checkpoints(self.spool))
         self._token_watch = asyncio.create_task(self.tokens.run())
         if self.smtp is not None:
-            self.bound = await self.smtp.server.start()
+            await self.smtp.server.start(self.listening)
         if self.pool is not None:
             await self.pool.start(abort=self._stop)
         if self.metrics_server is not None:

@@ -137,7 +137,6 @@ class SMTPServer:
         ))
         self.tls = tls_context(config.smtp.tls_cert, config.smtp.tls_key)
         self._acceptors: list[Acceptor] = []
-        self._owned: list[socket.socket] = []  # sockets this server bound itself, closed with it
         self._starting: set[asyncio.Task[object]] = set()
 
     def _session(self) -> GatewaySMTP:
@@ -157,10 +156,9 @@ class SMTPServer:
             loop=asyncio.get_running_loop(),
         )
 
-    async def start(self, sockets: list[socket.socket] | None = None) -> list[tuple[str, int]]:
-        """Listen on ``smtp.listen`` (or on sockets handed in); returns the bound addresses."""
-        if sockets is None:
-            sockets = self._owned = [bind_socket(a) for a in self.config.smtp.listen]
+    async def start(self, sockets: list[socket.socket]) -> list[tuple[str, int]]:
+        """Accept sessions from listening ``sockets`` (``bind_socket``; the daemon owns and closes them);
+        returns their addresses."""
         bound: list[tuple[str, int]] = []
         for sock in sockets:
             acceptor = Acceptor(sock, self._start_session, self.gate.limits.surplus)
@@ -202,9 +200,6 @@ class SMTPServer:
         for acceptor in self._acceptors:
             acceptor.close()
         self._acceptors.clear()
-        for sock in self._owned:
-            sock.close()
-        self._owned.clear()
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
         for session in list(self.gate.sessions):
