@@ -111,10 +111,10 @@ class ForkServer:
     def fork(self, index: int, fds: Sequence[int]) -> Child:
         """Fork child ``index``, handing it ``fds``. OSError when the server is gone."""
         socket.send_fds(self._sock, [str(index).encode()], list(fds))
-        reply, fds, _, _ = socket.recv_fds(self._sock, 16, 1)
-        if not fds:
+        reply, pidfds, _, _ = socket.recv_fds(self._sock, 16, 1)
+        if not pidfds:
             raise ConnectionResetError("fork server: gone")
-        return Child(int(reply), fds[0])
+        return Child(int(reply), pidfds[0])
 
     def close(self, timeout: float = 5.0) -> None:
         """Let the server exit (its children should be gone by now) and reap it; blocks."""

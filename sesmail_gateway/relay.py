@@ -33,8 +33,7 @@ class MetricsRelay:
         self._auth: dict[tuple[str, str], int] = {}
 
     def accepted(self, accepted: Accepted) -> None:
-        with self._lock:
-            self._events.append(("accepted", (accepted.meta, accepted.segment, accepted.offset)))
+        self._add("accepted", (accepted.meta, accepted.segment, accepted.offset))
         if not self._flush_scheduled:  # one pipe write per turn of the loop, not per message
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_now)
@@ -45,8 +44,7 @@ class MetricsRelay:
             self.flush()
 
     def sealed(self, segment: str, broken: bool, records: int) -> None:
-        with self._lock:
-            self._events.append(("sealed", (segment, broken, records)))
+        self._add("sealed", (segment, broken, records))
 
     def _add(self, name: str, args: tuple[Any, ...]) -> None:
         with self._lock:
