@@ -275,8 +275,7 @@ class Runner:
             self._busy += len(batch)
             try:
                 lane = self._local_lane if local else self._pool
-                done = await asyncio.get_running_loop().run_in_executor(lane, self._process_batch, batch)
-                for item in done:
+                for item in await self._run(self._process_batch, batch, lane=lane):
                     if item.state == DEFERRED:
                         self.timers.add(item.next_attempt, item.id)
             finally:
@@ -289,8 +288,9 @@ class Runner:
         accepted = self.journaled.waiting(queue_id) if state == MEMORY else None
         return accepted is not None and self.attempts.local(accepted)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    async def _run(self, fn: Callable[..., T], *args: Any, lane: ThreadPoolExecutor | None = None) -> T:
+        """``fn(*args)`` in the delivery pool, or in ``lane``."""
+        return await asyncio.get_running_loop().run_in_executor(lane or self._pool, fn, *args)
 
     def _process_batch(self, batch: list[tuple[str, str]]) -> list[QueueItem]:
         """Attempt each message in turn (in the delivery pool); the ones to schedule again."""
