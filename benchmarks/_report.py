@@ -22,6 +22,8 @@ RATIO_PAIRS = (
     ("gateway vs bare", "gateway", "bare"),
     ("checks alone vs bare (the limit the checks set)", "bare+checks", "bare"),
     ("checks vs checks alone", "gateway+checks", "bare+checks"),
+    ("the floor vs bare (the least durable work of the local default)", "bare+durable", "bare"),
+    ("checks vs the floor", "gateway+checks", "bare+durable"),
 )
 """(title, numerator target, denominator target) -- printed when both rows exist."""
 

@@ -9,6 +9,8 @@ all of them. Measured here: the main process of the gateway spent a fifth
 of the machine's CPU in that scan after the previous row's folder was
 removed. Keeping every row's folder until the run ends leaves each server
 paying only for the files it deletes itself (Postfix its queue files).
+Runs back to back pay for each other the same way: ``keep_all()`` (the
+benchmark's ``--keep-scratch``) leaves the folders for the caller to remove.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 _folders: list[Path] = []
+_keep = False
 
 
 def scratch_folder(prefix: str) -> Path:
@@ -28,8 +31,18 @@ def scratch_folder(prefix: str) -> Path:
     return folder
 
 
+def keep_all() -> None:
+    """Leave every scratch folder in place when the run ends (their names are printed)."""
+    global _keep
+    _keep = True
+
+
 def remove_all() -> None:
-    """Remove every scratch folder of this run (also at interpreter exit)."""
+    """Remove every scratch folder of this run (also at interpreter exit), unless they are kept."""
+    if _keep:
+        for folder in _folders:
+            print(f"kept {folder}")
+        _folders.clear()
     while _folders:
         shutil.rmtree(_folders.pop(), ignore_errors=True)
 

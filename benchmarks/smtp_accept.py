@@ -94,7 +94,7 @@ from _report import (
     ratios,
     size_label,
 )
-from _scratch import scratch_folder
+from _scratch import keep_all, scratch_folder
 from _smtpload import Address, MessageSource, MessageTemplate, check_loopback, run_load
 
 LOOPBACK = "127.0.0.1"
@@ -115,14 +115,17 @@ RSPAMD_WORKERS = os.cpu_count() or 1
 """rspamd normal workers for ``--scan rspamd`` (rspamd's own advice: one per core)."""
 
 MODES = {
-    "all": ("bare", "bare+checks", "gateway", "gateway+checks", "postfix", "postfix+maildir"),
+    "all": ("bare", "bare+checks", "bare+durable", "gateway", "gateway+checks", "postfix", "postfix+maildir"),
     "basic": ("bare", "gateway"),
     "checks": ("gateway", "gateway+checks"),
+    "floor": ("bare", "bare+checks", "bare+durable", "gateway+checks"),
 }
 LEGEND = {
     "bare": "aiosmtpd discard server (no spool, no checks)",
     "bare+checks": "aiosmtpd discard server running the gateway's checks only, one process per gateway SMTP worker "
                    "(same signed mail; no spool, no delivery)",
+    "bare+durable": "bare+checks, then each message journaled (fdatasync) before the 250 and delivered into a Maildir "
+                    "and an archive folder, every file fsynced: the least work of the gateway's local default",
     "gateway": "gateway, sender domain without auth records (spf/dkim/dmarc = none, NXDOMAIN lookups)",
     "gateway+checks": "gateway, DKIM-signed mail, SPF pass, DMARC p=reject enforced (all must pass)",
     "postfix": "Debian Postfix smtpd -> queue -> discard:, no checks, in_flow_delay {delay} (same signed mail)",
@@ -389,22 +392,47 @@ class DiscardTarget(SubprocessTarget):
     """``benchmarks/discard_server.py``: aiosmtpd with a handler that drops every message.
 
     With ``checks_dns`` (the ``bare+checks`` row) it first runs the gateway's checks on the
-    signed mail: the rate the checks alone allow on this machine.
+    signed mail: the rate the checks alone allow on this machine. With ``durable`` as well
+    (the ``bare+durable`` row) it then journals each message before the 250 and delivers it
+    into a Maildir and an archive folder, every file fsynced: the least work the gateway's
+    local default does, with nothing else around it.
     """
 
     name = "bare"
 
-    def __init__(self, checks_dns: str = "", processes: int = 1) -> None:
+    def __init__(self, checks_dns: str = "", processes: int = 1, durable: bool = False) -> None:
         super().__init__()
         self.checks_dns = checks_dns
         self.processes = processes
+        self.durable = durable
+        self.meter: PhaseMeter | None = None
         if checks_dns:
-            self.name, self.signed = "bare+checks", True
+            self.name, self.signed = ("bare+durable" if durable else "bare+checks"), True
 
     def command(self) -> list[str]:
         """Run the discard server on our chosen port."""
+        assert self.tmpdir is not None
         extra = ["--checks-dns", self.checks_dns, "--processes", str(self.processes)] if self.checks_dns else []
+        if self.durable:
+            extra += ["--durable", str(self.tmpdir / "durable")]
         return [sys.executable, str(DISCARD_SERVER), "--port", str(self.address[1]), *extra]
+
+    async def before_load(self, row: Row) -> None:
+        """Sample the server's processes (with ``durable``, once the warm-up is in the Maildir)."""
+        assert self.proc is not None and self.tmpdir is not None
+        maildir = self.tmpdir / "durable" / "mail" if self.durable else None
+        self.meter = PhaseMeter(self.proc.pid, lambda p: "servers", maildir)
+        await self.meter.begin(row)
+
+    async def after_load(self, row: Row) -> None:
+        """Take the CPU figures; with ``durable``, every accepted message must reach the Maildir first."""
+        if self.meter is not None:
+            await self.meter.end(row)
+
+    def stop(self) -> None:
+        if self.meter is not None:
+            self.meter.close()
+        super().stop()
 
 
 GATEWAY_CONFIG = """\
@@ -707,8 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=parse_address, metavar="HOST:PORT",
                         help="measure only this already-running SMTP server (loopback only)")
     parser.add_argument("--mode", choices=sorted(MODES), default="all",
-                        help="all: bare, gateway, gateway+checks, postfix, postfix+maildir (default); basic: bare, gateway; "
-                             "checks: gateway, gateway+checks")
+                        help="all: bare, bare+checks, bare+durable, gateway, gateway+checks, postfix, postfix+maildir "
+                             "(default); basic: bare, gateway; checks: gateway, gateway+checks; "
+                             "floor: bare, bare+checks, bare+durable, gateway+checks")
     parser.add_argument("--checks", action="store_const", const="checks", dest="mode",
                         help="same as --mode checks (with --target: send it the DKIM-signed mail)")
     parser.add_argument("--connections", type=int, default=20, help="concurrent connections (default 20)")
@@ -725,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="measure gateway against gateway+rspamd (accept rate with scanning off and on)")
     parser.add_argument("--strace", action="store_true",
                         help="count the gateway's and Postfix's system calls per message (strace -c -f; slows them)")
+    parser.add_argument("--keep-scratch", action="store_true",
+                        help="leave the servers' folders when the run ends, for a run right after this one: "
+                             "removing thousands of files slows file creation for minutes on some filesystems")
     parser.add_argument("--workers", type=int, default=0,
                         help="gateway smtp.workers (default 0: one per core, the gateway's own default)")
     return parser
@@ -739,6 +771,7 @@ def make_targets(args: argparse.Namespace, workload: Workload) -> list[Target]:
         "bare": DiscardTarget,
         # As many processes as the gateway has SMTP workers: the checks' own limit on this machine.
         "bare+checks": lambda: DiscardTarget(workload.dns_server, args.workers or os.cpu_count() or 1),
+        "bare+durable": lambda: DiscardTarget(workload.dns_server, args.workers or os.cpu_count() or 1, durable=True),
         "gateway": lambda: GatewayTarget(workload.dns_server, args.workers, strace=args.strace),
         "gateway+checks": lambda: GatewayTarget(workload.dns_server, args.workers, signed=True, strace=args.strace),
         "postfix": lambda: PostfixTarget(in_flow_delay=args.postfix_in_flow_delay, strace=args.strace),
@@ -812,6 +845,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sizes or min(sizes) < 256 or args.connections < 1 or (args.messages is not None and args.messages < 1):
         print("smtp_accept: need sizes >= 256, --connections >= 1, --messages >= 1", file=sys.stderr)
         return 2
+    if args.keep_scratch:
+        keep_all()
     try:
         rows = asyncio.run(run(args, sizes))
     except TimeoutError:
