@@ -119,6 +119,7 @@ MODES = {
     "basic": ("bare", "gateway"),
     "checks": ("gateway", "gateway+checks"),
     "floor": ("bare", "bare+checks", "bare+durable", "gateway+checks"),
+    "prof": ("bare+durable", "gateway+checks"),
 }
 LEGEND = {
     "bare": "aiosmtpd discard server (no spool, no checks)",

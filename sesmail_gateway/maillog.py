@@ -83,7 +83,9 @@ def configure(level: int = logging.INFO, *, daemon: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Our lines carry none of these; skipping them saves syscalls on every record.
+    # Our lines carry none of these; skipping them saves syscalls on every record. Without _srcfile
+    # logging does not walk the stack for the caller's file and line (the logging HOWTO's "Optimization").
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]
     # aiosmtpd logs every command at INFO; keep its warnings only.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

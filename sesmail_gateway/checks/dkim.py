@@ -118,6 +118,18 @@ def _rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int]) -> bo
 dkim.RSASSA_PKCS1_v1_5_verify = _rsa_verify
 dkim.parse_public_key = _parse_public_key
 
+_ORIGINAL_EVALUATE_PK = dkim.evaluate_pk
+
+
+@functools.lru_cache(maxsize=256)
+def _evaluate_pk(name: bytes | str, record: bytes | str) -> tuple[Any, ...]:
+    """dkimpy's ``evaluate_pk`` (a key record's tags parsed into the key), remembered per record: a
+    sender's record is the same for every message it signs. Errors are not remembered; the key is only read."""
+    return tuple(_ORIGINAL_EVALUATE_PK(name, record))
+
+
+dkim.evaluate_pk = _evaluate_pk
+
 _ORIGINAL_RFC822_PARSE = dkim.rfc822_parse
 _ORIGINAL_SELECT_HEADERS = dkim.select_headers
 _LINE_END = re.compile(rb"\r?\n")
@@ -243,8 +255,7 @@ class ArcResult:
 
 
 def _has_field(message: bytes, *names: str, fields: Sequence[RawField] | None = None) -> bool:
-    return any(field.is_named(name) for field in (header_fields(message) if fields is None else fields)
-               for name in names)
+    return any(field.key in names for field in (header_fields(message) if fields is None else fields))
 
 
 def check_dkim(message: bytes, resolver: Resolver, *, lifetime: float = 20.0,

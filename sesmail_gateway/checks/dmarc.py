@@ -72,7 +72,13 @@ class DmarcResult:
 
 def organizational_domain(domain: str) -> str:
     """RFC 7489 3.2 via the Public Suffix List (``mail.example.co.uk`` -> ``example.co.uk``)."""
-    return str(get_base_domain(domain.rstrip(".").lower()))
+    return _base_domain(domain.rstrip(".").lower())
+
+
+@functools.lru_cache(maxsize=4096)
+def _base_domain(domain: str) -> str:
+    """The list's answer, remembered: each message asks it for the same few domains several times."""
+    return str(get_base_domain(domain))
 
 
 def is_aligned(identifier: str, author_domain: str, mode: str) -> bool:

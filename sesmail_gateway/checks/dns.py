@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -124,15 +125,23 @@ def _record(rdtype: str, rdata: object) -> str | bytes:
     return str(rdata.to_text())  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=4096)
+def _pointer_name(ip: str) -> str:
+    """The PTR query name of an address (``4.3.2.1.in-addr.arpa.``), "" for no address; remembered per address."""
+    try:
+        return str(dns.reversename.from_address(ip).to_text())
+    except (ValueError, dns.exception.SyntaxError):
+        return ""
+
+
 def confirmed_reverse_name(resolver: Resolver, ip: str) -> str:
     """The client's forward-confirmed reverse DNS name (FCrDNS), or "" when there is none.
 
     A PTR name counts only when it resolves back to ``ip``: anyone can publish
     any PTR for their own addresses. Used for the Received header.
     """
-    try:
-        pointer = dns.reversename.from_address(ip).to_text()
-    except (ValueError, dns.exception.SyntaxError):
+    pointer = _pointer_name(ip)
+    if not pointer:
         return ""
     answer = resolver.query(pointer, "PTR")
     if answer.status is not DnsStatus.OK:

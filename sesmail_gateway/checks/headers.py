@@ -25,6 +25,8 @@ class RawField:
     start: int
     end: int
     raw: bytes
+    key: str = ""
+    """The name in lower case, for comparisons (set by :func:`header_fields`)."""
 
     @property
     def value(self) -> bytes:
@@ -33,7 +35,8 @@ class RawField:
         return value.rstrip(b"\r\n")
 
     def is_named(self, name: str) -> bool:
-        return self.name.decode("ascii", "replace").lower() == name.lower()
+        """Whether the field has this name (``name`` in lower case)."""
+        return (self.key or self.name.decode("ascii", "replace").lower()) == name
 
 
 def unfold(value: bytes) -> str:
@@ -61,4 +64,5 @@ def header_fields(message: bytes) -> list[RawField]:
             name = line[:colon].rstrip(b" \t") if colon > 0 else b""
             fields.append((name, pos, end))
         pos = end
-    return [RawField(name, start, end, message[start:end]) for name, start, end in fields]
+    return [RawField(name, start, end, message[start:end], name.decode("ascii", "replace").lower())
+            for name, start, end in fields]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sesmail_gateway.checks.dkim import ArcResult, DkimResult
@@ -24,14 +24,19 @@ class Verdicts:
     checked_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (for the spool metadata and the log line)."""
-        dmarc = asdict(self.dmarc) if self.dmarc else None
+        """Plain JSON types only (for the spool metadata and the log line).
+
+        Every result is a flat dataclass of strings, numbers and a tuple of
+        strings, so a copy of its fields is enough (``dataclasses.asdict``
+        deep-copies each value: a tenth of an SMTP worker's time per message).
+        """
+        dmarc = dict(vars(self.dmarc)) if self.dmarc else None
         if dmarc is not None:
             dmarc["aligned"] = list(dmarc["aligned"])
         return {
-            "spf": asdict(self.spf),
-            "dkim": [asdict(result) for result in self.dkim],
-            "arc": asdict(self.arc),
+            "spf": dict(vars(self.spf)),
+            "dkim": [dict(vars(result)) for result in self.dkim],
+            "arc": dict(vars(self.arc)),
             "dmarc": dmarc,
             "checked_at": self.checked_at,
         }

@@ -49,18 +49,23 @@ def _rfc5322_date(second: int) -> str:
     return email.utils.formatdate(second, localtime=False)
 
 
+def _printable(text: str) -> str:
+    """``text`` with every control character replaced by ``?`` (only searched for when there is one)."""
+    return text if text.isprintable() else _CONTROL.sub("?", text)
+
+
 def received_header(*, item: QueueItem, hostname: str, esmtp: bool) -> bytes:
     """RFC 5321 trace header; ``for`` only with one recipient, so Bcc lists do not leak."""
     protocol = ("ESMTPS" if item.client.tls else "ESMTP") if esmtp else "SMTP"
-    helo = _CONTROL.sub("?", item.client.helo or "unknown")
-    reverse = _CONTROL.sub("?", item.client.reverse_name or "unknown")
+    helo = _printable(item.client.helo or "unknown")
+    reverse = _printable(item.client.reverse_name or "unknown")
     lines = [
         f"Received: from {helo} ({reverse} [{item.client.ip}])",
         f"\tby {hostname} (sesmail-gateway) with {protocol} id {item.id}",
     ]
     when = _rfc5322_date(int(item.created))
     if len(item.recipients) == 1:
-        lines.append(f"\tfor <{_CONTROL.sub('?', item.recipients[0].address)}>; {when}")
+        lines.append(f"\tfor <{_printable(item.recipients[0].address)}>; {when}")
     else:
         lines[-1] += ";"
         lines.append(f"\t{when}")

@@ -106,6 +106,7 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         self.stage = "connect"  # the command being handled, for log lines
         self.session_id = secrets.token_hex(6)
         self.refusal_logged = False  # the next 4xx/5xx reply has its log line already
+        self._deadline = 0.0  # loop time at which the session times out (see _reset_timeout)
         self._smtp_methods = _CommandTable(self._smtp_methods, self._unknown_command, self._on_command)
 
     def _on_command(self, command: str) -> None:
@@ -155,6 +156,27 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(f"{reply}\r\n".encode())
             transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the session's deadline: ``duration`` seconds (the command timeout by default) from now.
+
+        aiosmtpd cancels its timer and makes a new one at every command, five
+        times per message. Here the deadline moves and one timer, when it
+        fires before the deadline, is set again for the time left; it is
+        replaced only when the new deadline comes earlier than the timer.
+        """
+        self._deadline = deadline = self.loop.time() + (duration or self._timeout_duration)
+        timer = self._timeout_handle
+        if timer is None or timer.cancelled() or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._at_deadline)
+
+    def _at_deadline(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._at_deadline)
+            return
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         # aiosmtpd hangs up silently; RFC 5321 wants a 421 first.

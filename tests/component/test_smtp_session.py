@@ -253,6 +253,27 @@ def test_idle_client_gets_421_and_is_disconnected(make_gateway: Callable[..., Ga
         raw.close()
 
 
+def test_each_command_moves_the_idle_deadline(make_gateway: Callable[..., Gateway]) -> None:
+    """The session's one timer fires at the first deadline, finds it moved by later commands, and waits on;
+    once the client goes quiet the 421 comes a command timeout after its last command."""
+    gw = make_gateway({"smtp": {"command_timeout": 1}})
+    raw = RawSMTP(gw.port)
+    try:
+        assert raw.reply().startswith("220 ")
+        assert raw.command(b"EHLO client.test").startswith("250-")
+        started = time.monotonic()
+        for _ in range(5):  # a slow client: a command every 0.4 s, 2 s in all, twice the timeout
+            time.sleep(0.4)
+            assert raw.command(b"NOOP").startswith("250 ")
+        last = time.monotonic()
+        assert last - started > 1.5
+        assert raw.line().startswith("421 4.4.2 ")
+        assert 0.5 < time.monotonic() - last < 5
+        assert raw.closed()
+    finally:
+        raw.close()
+
+
 def test_client_stalling_in_data_gets_421_and_nothing_is_queued(make_gateway: Callable[..., Gateway]) -> None:
     gw = make_gateway({"smtp": {"data_timeout": 1, "command_timeout": 30}})
     raw = RawSMTP(gw.port)

@@ -17,6 +17,15 @@ def test_fields_cover_the_header_block_byte_for_byte() -> None:
     assert fields[1].value == b" two\r\n  lines"
     assert unfold(fields[1].value) == "two  lines"
     assert fields[3].is_named("c")
+    assert [f.key for f in fields] == ["a", "b", "", "c"]
+
+
+def test_field_names_match_in_any_case() -> None:
+    fields = header_fields(b"FROM: a@example.org\r\nDkim-Signature: v=1\r\nSubject: x\r\n\r\n")
+    assert [f.key for f in fields] == ["from", "dkim-signature", "subject"]
+    assert fields[0].is_named("from") and fields[1].is_named("dkim-signature")
+    assert not fields[2].is_named("from")
+    assert from_domain(b"", fields) == ("example.org", "")
 
 
 @pytest.mark.parametrize(("header", "expected"), [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import authres
 import pytest
 
@@ -211,3 +214,29 @@ def test_stripping_is_linear_in_a_run_of_comments() -> None:
     10 minutes. The bound is the test timeout, far above what a linear scan needs."""
     message = b"Authentication-Results: " + b"()" * 4_000_000 + b" mx.example.com; dkim=pass\r\n\r\nbody"
     assert strip_forged_authentication_results(message, "mx.example.com") == b"\r\nbody"
+
+
+FULL_VERDICTS = Verdicts(
+    SpfResult("pass", "example.org", "", "mailfrom"),
+    (DkimResult("pass", "example.org", "sel", "rsa-sha256", "", False),
+     DkimResult("fail", "other.example", "s2", "rsa-sha1", "body hash mismatch", True)),
+    ArcResult("pass", "chain of 2"),
+    DmarcResult("pass", "example.org", "reject", "none", ("dkim", "spf"), "", "example.org", 50, "s", "r"),
+    checked_at=1700000000.25,
+)
+
+
+@pytest.mark.parametrize("verdicts", [FULL_VERDICTS, Verdicts(SPF_FAIL)])
+def test_verdicts_as_a_dict_hold_every_field_and_come_back_equal(verdicts: Verdicts) -> None:
+    """``to_dict`` copies each result's fields (no deep copy); the spool's JSON of it reads back the same."""
+    data = verdicts.to_dict()
+    assert data["spf"] == dataclasses.asdict(verdicts.spf)
+    assert data["dkim"] == [dataclasses.asdict(result) for result in verdicts.dkim]
+    assert data["arc"] == dataclasses.asdict(verdicts.arc)
+    if verdicts.dmarc is not None:
+        assert data["dmarc"] == {**dataclasses.asdict(verdicts.dmarc), "aligned": list(verdicts.dmarc.aligned)}
+    else:
+        assert data["dmarc"] is None
+    assert Verdicts.from_dict(json.loads(json.dumps(data))) == verdicts
+    data["spf"]["result"] = "changed"  # a copy: the verdicts themselves stay as they were
+    assert verdicts.spf.result != "changed"
