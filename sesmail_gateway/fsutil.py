@@ -67,8 +67,11 @@ def durable_rename(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
-def link_or_copy(src: Path | bytes, dst: Path, *, sync: bool, staging: Path | None = None) -> None:
+def link_or_copy(src: Path | bytes, dst: Path, *, sync: bool, staging: Path | None = None) -> bool:
     """Give ``dst`` the contents of ``src`` (a file, or the bytes themselves): a hard link where possible.
+
+    True when ``dst`` is a hard link to ``src`` (one file with two names),
+    False when it is a new file.
 
     Bytes, and files that cannot be linked, are written under a temporary
     name in ``staging`` (default: beside ``dst``) and renamed into place, so
@@ -83,19 +86,21 @@ def link_or_copy(src: Path | bytes, dst: Path, *, sync: bool, staging: Path | No
             os.link(src, dst)
         except FileExistsError:
             if os.path.samefile(src, dst):
-                return
+                return True
         except OSError:  # another filesystem, or links not allowed: copy
             src = src.read_bytes()
         else:
             if sync:
                 fsync_dir(dst.parent)
-            return
+            return True
     staged = (staging or dst.parent) / f".{dst.name}.{os.getpid()}.new"
+    linked = False
     if isinstance(src, Path):
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
         try:
             os.link(src, staged)
+            linked = True
         except OSError:
             write_file(staged, src.read_bytes(), mode=0o600, sync=sync)
     else:
@@ -103,6 +108,7 @@ def link_or_copy(src: Path | bytes, dst: Path, *, sync: bool, staging: Path | No
     os.replace(staged, dst)
     if sync:
         fsync_dir(dst.parent)
+    return linked
 
 
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
@@ -143,6 +149,14 @@ class PendingSyncs:
     def file(self, path: Path) -> None:
         with self._lock:
             self._files.add(path)
+
+    def link(self, path: Path, source: Path) -> None:
+        """``path`` was just made a hard link to ``source``: it needs an fsync only if ``source`` has none
+        coming. The one coming, being later than the link, makes the shared file durable, its link
+        count included; the new name is durable once its folder is fsynced (the caller notes that)."""
+        with self._lock:
+            if source not in self._files:
+                self._files.add(path)
 
     def folder(self, path: Path) -> None:
         with self._lock:

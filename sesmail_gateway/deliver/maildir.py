@@ -56,13 +56,16 @@ class MaildirDeliverer:
         target = folder / "new" / name
         source = message.path if message.path is not None else message.read()
         try:
-            link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
+            linked = link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
         except FileNotFoundError:  # the Maildir was removed since we made it: make it again
             self._prepared.discard(folder)
             self._prepare(folder)
-            link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
+            linked = link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
         if self.syncs is not None:
-            self.syncs.file(target)
+            if linked and isinstance(source, Path):
+                self.syncs.link(target, source)  # the archive file's own fsync, still to come, covers it
+            else:
+                self.syncs.file(target)
             self.syncs.folder(target.parent)
 
     def _prepare(self, folder: Path) -> None:

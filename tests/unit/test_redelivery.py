@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from sesmail_gateway import fsutil
 from sesmail_gateway.archive.local import FolderArchiver
 from sesmail_gateway.deliver.maildir import MaildirDeliverer
 from sesmail_gateway.fsutil import PendingSyncs, link_or_copy
@@ -85,3 +89,45 @@ def test_an_archive_copy_from_memory_replaces_one_left_empty_by_a_power_cut(tmp_
     assert path.read_bytes() == BODY
     path.write_bytes(b"")
     assert Path(archiver.archive(item, StoredMessage.of(BODY))).read_bytes() == BODY
+
+
+def _fsynced_files(syncs: PendingSyncs, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files the next flush fsyncs (the real fsyncs run; their paths are recorded)."""
+    done: list[Path] = []
+    real = fsutil.fsync_file
+
+    def recording(path: Path, *args: Any, **kwargs: Any) -> None:
+        done.append(path)
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fsutil, "fsync_file", recording)
+    syncs.flush()
+    return done
+
+
+def test_a_maildir_link_to_an_archive_file_awaiting_its_fsync_is_fsynced_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archive file and Maildir copy are one file: the archive's fsync, after the link, covers both names'
+    data; each name is made durable by its own folder's fsync."""
+    syncs = PendingSyncs()
+    item = QueueItem(id="0000000000001000010004", sender="a@example.test", recipients=[], created=1_700_000_000.0)
+    archived = Path(FolderArchiver(tmp_path / "archive", syncs=syncs).archive(item, StoredMessage.of(BODY)))
+    delivery = Delivery(action="maildir", target="mail", recipients=["r@example.test"])
+    MaildirDeliverer(tmp_path, syncs=syncs).deliver(item, delivery, StoredMessage.at(archived))
+    [copy] = (tmp_path / "mail" / "new").iterdir()
+    assert copy.stat().st_ino == archived.stat().st_ino
+    assert _fsynced_files(syncs, monkeypatch) == [archived]
+
+
+@pytest.mark.parametrize("source", ["flushed", "bytes"])
+def test_a_maildir_copy_is_fsynced_itself_when_no_fsync_of_its_source_is_coming(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    syncs = PendingSyncs()
+    item = QueueItem(id="0000000000001000010005", sender="a@example.test", recipients=[], created=1_700_000_000.0)
+    archived = Path(FolderArchiver(tmp_path / "archive", syncs=syncs).archive(item, StoredMessage.of(BODY)))
+    syncs.flush()  # the archive file is durable already: a later link changes its link count, unsynced
+    message = StoredMessage.at(archived) if source == "flushed" else StoredMessage.of(BODY)
+    delivery = Delivery(action="maildir", target="mail", recipients=["r@example.test"])
+    MaildirDeliverer(tmp_path, syncs=syncs).deliver(item, delivery, message)
+    [copy] = (tmp_path / "mail" / "new").iterdir()
+    assert _fsynced_files(syncs, monkeypatch) == [copy]
