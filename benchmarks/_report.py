@@ -85,6 +85,8 @@ class Row:
     """The gateway's process tree, PSS in MiB: idle after start, and the peak while measuring; None if not read."""
     commits: Commits | None = None
     """The gateway's journal group commits over the run (warm-up included), from its /metrics."""
+    client_cpu: float | None = None
+    """CPU seconds of the load client (the benchmark's event loop thread) over the measured phase."""
 
     @property
     def total_accepted(self) -> int:
@@ -117,6 +119,8 @@ class Row:
             out["syscalls_per_message"] = {name: round(n, 3) for name, n in sorted(per.items(), key=lambda i: -i[1])}
         if self.memory is not None:
             out["memory"] = self.memory
+        if self.client_cpu is not None and res is not None and res.accepted:
+            out["client_cpu_ms_per_message"] = round(self.client_cpu * 1000.0 / res.accepted, 4)
         return out
 
     def per_message(self, totals: Mapping[str, float], scale: float = 1.0) -> dict[str, float]:
@@ -279,6 +283,11 @@ def format_server_figures(rows: Sequence[Row]) -> list[str]:
         parts += ["", "CPU ms per accepted message (utime+stime from /proc/<pid>/stat of the server's process "
                       "tree, measured phase until its Maildir was complete):"]
         parts += [f"  {row.target} {size_label(row.size)}: {cpu_line(row)}" for row in cpu_rows]
+    if client_rows := [row for row in rows if row.client_cpu is not None and row.result and row.result.accepted]:
+        parts += ["", "CPU ms per accepted message of the load client (the benchmark's own event loop, "
+                      "on the same cores as the server):"]
+        parts += [f"  {row.target} {size_label(row.size)}: {row.client_cpu * 1000.0 / row.result.accepted:.3f}"
+                  for row in client_rows if row.client_cpu is not None and row.result]
     if commit_rows := [row for row in rows if row.commits is not None]:
         parts += ["", "journal group commits (each session waits for one before its 250):"]
         parts += [f"  {row.target} {size_label(row.size)}: {row.commits.line()}" for row in commit_rows

@@ -15,12 +15,12 @@ With ``--durable DIR`` as well it does, after the checks, the least durable
 work the gateway's local default must do for each message, and nothing
 else: the message is appended to this process's journal and fdatasynced
 (one append and one fdatasync for every message that arrived meanwhile)
-before the 250; then one thread of the same process writes it into a
-dated archive folder and links that file into a Maildir
-(``DIR/mail/new``), as the gateway does; every second, the files written
-since are fsynced, then both folders (the gateway's checkpoint). No metadata, no logs, no metrics, no routing, no inter-process
-hand-off, no journal deletion: the floor under any design of that work on
-this machine (the ``bare+durable`` row).
+before the 250; then the event loop writes it into a dated archive folder
+and links that file into a Maildir (``DIR/mail/PID/new``), as the gateway
+does, each process in folders of its own; every second a thread fsyncs the files written since, then both
+folders (the gateway's checkpoint). No metadata, no logs, no metrics, no
+routing, no inter-process hand-off, no journal deletion: the floor under
+any design of that work on this machine (the ``bare+durable`` row).
 
 It listens on 127.0.0.1 only, runs aiosmtpd's ``SMTP`` protocol directly on the
 main event loop (no ``Controller`` thread), and stops cleanly on SIGTERM/SIGINT.
@@ -32,10 +32,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import queue
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,20 +83,25 @@ class DurableHandler(CheckingHandler):
 
     def __init__(self, dns: str, hostname: str, root: Path) -> None:
         super().__init__(dns, hostname)
-        self.maildir, self.archive = root / "mail", root / "archive" / time.strftime("%Y-%m-%d")
+        # Folders of this process's own: processes creating files in one folder wait for each other
+        # on the folder's lock (the gateway creates all its files from one thread).
+        self.maildir = root / "mail" / str(os.getpid())
+        self.archive = root / "archive" / time.strftime("%Y-%m-%d") / str(os.getpid())
         for folder in (self.maildir / "tmp", self.maildir / "new", self.maildir / "cur", self.archive, root / "journal"):
             folder.mkdir(parents=True, exist_ok=True)
         self.journal = os.open(root / "journal" / f"{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.waiting: list[tuple[bytes, asyncio.Future[None]]] = []
         self.flushing = False
         self.serial = 0
-        self.deliveries: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-        threading.Thread(target=self._deliver, daemon=True).start()
+        self.written: list[Path] = []
+        self.checkpoints: asyncio.Task[None] | None = None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reply = await super().handle_DATA(server, session, envelope)
         if not reply.startswith("250"):
             return reply
+        if self.checkpoints is None:
+            self.checkpoints = asyncio.ensure_future(self._checkpoints())
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((envelope.original_content, future))
         if not self.flushing:
@@ -112,48 +115,49 @@ class DurableHandler(CheckingHandler):
         while self.waiting:
             batch, self.waiting = self.waiting, []
             await asyncio.to_thread(self._append, [data for data, _ in batch])
-            for data, future in batch:
-                self.serial += 1
-                self.deliveries.put((f"{os.getpid()}.{self.serial}", data))
+            for _, future in batch:
                 future.set_result(None)
+            for data, _ in batch:
+                self._deliver(data)
         self.flushing = False
 
     def _append(self, messages: list[bytes]) -> None:
         os.writev(self.journal, [b"".join(len(m).to_bytes(4, "big") + m for m in messages)])
         os.fdatasync(self.journal)
 
-    def _deliver(self) -> None:
-        """Write each message once into the archive and link it into the Maildir; fsync them every second.
+    def _deliver(self, data: bytes) -> None:
+        """Write the message once into the archive and link it into the Maildir, on the loop (no hand-off);
+        the journal holds it until the next checkpoint has fsynced its file."""
+        self.serial += 1
+        name = f"{os.getpid()}.{self.serial}"
+        path = self.archive / f"{name}.eml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        os.link(path, self.maildir / "new" / name)
+        self.written.append(path)
 
-        The journal holds every message until its files are fsynced, so they can wait for a checkpoint:
-        fsyncing a batch of new files costs about half the CPU of fsyncing each as it is written.
-        """
-        written: list[Path] = []
-        checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+    async def _checkpoints(self) -> None:
+        """Every second, in a thread: fsync the files written since, then both folders (fsyncing a batch of
+        new files costs about half the CPU of fsyncing each as it is written)."""
         while True:
-            with contextlib.suppress(queue.Empty):
-                name, data = self.deliveries.get(timeout=max(0.0, checkpoint - time.monotonic()))
-                path = self.archive / f"{name}.eml"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                os.write(fd, data)
-                os.close(fd)
-                os.link(path, self.maildir / "new" / name)
-                written.append(path)
-            if time.monotonic() < checkpoint:
-                continue
-            for path in written:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                os.fsync(fd)
-                os.close(fd)
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            written, self.written = self.written, []
             if written:
-                for folder in (self.archive, self.maildir / "new"):
-                    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-                    os.fsync(fd)
-                    os.close(fd)
-                # Every message of the journal is durable in its files now (truncate instead of a new segment).
-                os.ftruncate(self.journal, 0)  # not exact under load; the floor needs no recovery
-            written.clear()
-            checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+                await asyncio.to_thread(self._sync, written)
+
+    def _sync(self, written: list[Path]) -> None:
+        for path in written:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            os.fsync(fd)
+            os.close(fd)
+        for folder in (self.archive, self.maildir / "new"):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(fd)
+            os.close(fd)
+        # Every message journaled before these files is durable in them now; a real journal would
+        # drop its segment here (the floor needs no recovery, so it only truncates).
+        os.ftruncate(self.journal, 0)
 
 
 async def serve(port: int, hostname: str, checks_dns: str = "", durable: Path | None = None) -> None:

@@ -108,6 +108,8 @@ EXTERNAL_READY_TIMEOUT = 5.0
 STOP_GRACE = 10.0
 SETTLE_SECONDS = 0.5
 """Pause after ``sync`` between targets, so one target's disk writeback does not land in the next one's figures."""
+MEMORY_SAMPLE_SECONDS = 1.0
+"""How often the gateway's PSS is read under load: each read walks every page table of its processes."""
 METRICS_SETTLE = 10.0
 """Seconds to wait for worker processes to relay their last auth verdicts to /metrics."""
 
@@ -689,7 +691,9 @@ async def measure(target: Target, message: MessageSource, count: int, connection
     progress(f"{label}: starting")
     try:
         await target.start()
-        memory = TreeSampler(target.proc.pid if isinstance(target, GatewayTarget) and target.proc else None)  # idle
+        # Idle now; the peak under load once a second (reading smaps costs the server's cores CPU too).
+        memory = TreeSampler(target.proc.pid if isinstance(target, GatewayTarget) and target.proc else None,
+                             interval=MEMORY_SAMPLE_SECONDS)
         if warmup:
             warm = await run_load(target.address, message, connections, warmup)
             row.warmup_accepted, row.warmup_errors = warm.accepted, dict(warm.errors)
@@ -697,7 +701,9 @@ async def measure(target: Target, message: MessageSource, count: int, connection
         progress(f"{label}: sending {count} messages over {connections} connections")
         queries = dns.query_count() if dns else 0
         memory.start()
+        client = time.thread_time()  # the load runs on this thread; the memory sampler and DNS stub on others
         row.result = await run_load(target.address, message, connections, count)
+        row.client_cpu = time.thread_time() - client
         row.memory = await memory.stop()
         if dns and isinstance(target, GatewayTarget):
             row.dns_queries = dns.query_count() - queries
