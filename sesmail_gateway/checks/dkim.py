@@ -200,8 +200,6 @@ def _select_headers(headers: list[tuple[bytes, bytes]], include_headers: list[by
 
 
 _ORIGINAL_RELAXED_BODY = dkim.canonicalization.Relaxed.canonicalize_body
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")  # every run of WSP except a lone space, which stays as it is
 
 
 def _relaxed_body(body: bytes) -> bytes:
@@ -209,14 +207,17 @@ def _relaxed_body(body: bytes) -> bytes:
 
     dkimpy replaces every run of WSP, each lone space of the text included,
     by a space: a substitution per word, most of a 100 KiB message's check
-    time. Here only what changes is matched (trailing WSP, tabs, runs of two
-    or more), and a body that has none is not rewritten at all.
+    time. Here tabs become spaces and doubled spaces are halved until none
+    is left (each pass a C-speed replace; a run of n spaces takes log2(n)
+    passes), then the one space a run leaves at a line's end is dropped; a
+    body without tabs and doubled spaces is not rewritten at all.
     """
-    tabs = b"\t" in body  # one memchr; the searches for two- and three-byte strings cost far more
-    if b" \r\n" in body or (tabs and b"\t\r\n" in body):
-        body = _TRAILING_WSP.sub(b"\r\n", body)
-    if tabs or b"  " in body:
-        body = _WSP_RUN.sub(b" ", body)
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    while b"  " in body:
+        body = body.replace(b"  ", b" ")
+    if b" \r\n" in body:
+        body = body.replace(b" \r\n", b"\r\n")
     canonical: bytes = dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
     return canonical
 
