@@ -21,6 +21,10 @@ EVENTS = frozenset(
 
 _log = logging.getLogger("sesmail.mail")
 
+# The daemon's handler: a mail event it alone would receive is written to it without a LogRecord (the
+# record's construction and dispatch cost twice the line itself, on every message, several times).
+_direct: _LineHandler | None = None
+
 
 def event(name: str, queue_id: str | None = None, **fields: Any) -> None:
     """Log one mail event as a single JSON line."""
@@ -30,7 +34,12 @@ def event(name: str, queue_id: str | None = None, **fields: Any) -> None:
     if queue_id:
         record["queue_id"] = queue_id
     record.update({k: v for k, v in fields.items() if v is not None})
-    _log.info(json.dumps(record, separators=(",", ":"), default=str, ensure_ascii=False))
+    line = json.dumps(record, separators=(",", ":"), default=str, ensure_ascii=False)
+    direct = _direct
+    if direct is not None and direct.takes_all(_log):
+        direct.write_line(line)
+    else:
+        _log.info(line)
 
 
 class _MessageOnly(logging.Formatter):
@@ -64,19 +73,31 @@ class _LineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            view = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
-            while view:
-                view = view[os.write(self.fd, view):]
+            self.write_line(self.format(record))
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        view = memoryview((line + "\n").encode("utf-8", "backslashreplace"))
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def takes_all(self, logger: logging.Logger) -> bool:
+        """Whether an INFO record of ``logger`` would reach this handler alone, formatted as its bare message:
+        the logger and the root pass INFO, nothing filters, and this is the one handler on the way."""
+        root = logging.root
+        return (not logger.handlers and not logger.filters and logger.propagate and logger.isEnabledFor(logging.INFO)
+                and root.handlers == [self] and not root.filters and not self.filters and self.level <= logging.INFO)
 
 
 def configure(level: int = logging.INFO, *, daemon: bool = False) -> None:
     """Send every log line to stderr as one JSON object (in the daemon straight to file descriptor 2)."""
     handler: logging.Handler
+    global _direct
+    _direct = None
     if daemon:
         sys.stderr.flush()
-        handler = _LineHandler(sys.stderr.fileno())
+        handler = _direct = _LineHandler(sys.stderr.fileno())
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_MessageOnly())

@@ -187,6 +187,8 @@ def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
     names = _FIELD_NAMES.get(kind)
     if names is None:
         names = _FIELD_NAMES[kind] = frozenset(f.name for f in dataclasses.fields(kind))
+    if names.issuperset(data):  # what this version wrote: every field known
+        return dict(data)
     return {k: v for k, v in data.items() if k in names}
 
 

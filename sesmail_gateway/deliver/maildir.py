@@ -34,15 +34,20 @@ class MaildirDeliverer:
     def __init__(self, data_dir: Path, syncs: PendingSyncs | None = None) -> None:
         self.data_dir = data_dir
         self.syncs = syncs
-        self._prepared: set[Path] = set()  # Maildirs known to exist (saves syscalls per message)
+        self._prepared: dict[Path, tuple[Path, Path]] = {}  # Maildirs known to exist -> their new/ and tmp/
+        self._folders: dict[tuple[str, bool], Path] = {}  # (target, quarantine) -> folder: few, and asked per message
         self.host = socket.gethostname().replace("/", "_").replace(":", "_")
 
     def folder_for(self, item: QueueItem, delivery: Delivery) -> Path:
-        target = Path(delivery.target).expanduser()
-        if not delivery.target or ".." in target.parts:
-            raise PermanentFailure(f"bad Maildir target {delivery.target!r}")
-        root = target if target.is_absolute() else self.data_dir / target
-        return root / JUNK if item.quarantine else root
+        key = (delivery.target, item.quarantine)
+        folder = self._folders.get(key)
+        if folder is None:
+            target = Path(delivery.target).expanduser()
+            if not delivery.target or ".." in target.parts:
+                raise PermanentFailure(f"bad Maildir target {delivery.target!r}")
+            root = target if target.is_absolute() else self.data_dir / target
+            folder = self._folders[key] = root / JUNK if item.quarantine else root
+        return folder
 
     def deliver(self, item: QueueItem, delivery: Delivery, message: StoredMessage) -> None:
         folder = self.folder_for(item, delivery)
@@ -52,27 +57,29 @@ class MaildirDeliverer:
         # A spool or archive file is complete and never changes, so it can appear in new/ at once
         # by a hard link; bytes from memory are written in tmp/ and renamed into new/ (the Maildir way).
         # An existing file of that name is this message from an attempt a crash cut short.
-        self._prepare(folder)
-        target = folder / "new" / name
+        new, tmp = self._prepare(folder)
+        target = new / name
         source = message.path if message.path is not None else message.read()
         try:
-            linked = link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
+            linked = link_or_copy(source, target, sync=self.syncs is None, staging=tmp)
         except FileNotFoundError:  # the Maildir was removed since we made it: make it again
-            self._prepared.discard(folder)
-            self._prepare(folder)
-            linked = link_or_copy(source, target, sync=self.syncs is None, staging=folder / "tmp")
+            self._prepared.pop(folder, None)
+            new, tmp = self._prepare(folder)
+            linked = link_or_copy(source, target, sync=self.syncs is None, staging=tmp)
         if self.syncs is not None:
             if linked and isinstance(source, Path):
                 self.syncs.link(target, source)  # the archive file's own fsync, still to come, covers it
             else:
                 self.syncs.file(target)
-            self.syncs.folder(target.parent)
+            self.syncs.folder(new)
 
-    def _prepare(self, folder: Path) -> None:
-        if folder in self._prepared:
-            return
-        ensure_maildir(folder)
-        self._prepared.add(folder)
+    def _prepare(self, folder: Path) -> tuple[Path, Path]:
+        """The Maildir's ``new`` and ``tmp`` folders, made if they are missing."""
+        subfolders = self._prepared.get(folder)
+        if subfolders is None:
+            ensure_maildir(folder)
+            subfolders = self._prepared[folder] = (folder / "new", folder / "tmp")
+        return subfolders
 
     @staticmethod
     def _in_cur(folder: Path, name: str) -> bool:
