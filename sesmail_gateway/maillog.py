@@ -37,7 +37,7 @@ def event(name: str, queue_id: str | None = None, **fields: Any) -> None:
     line = json.dumps(record, separators=(",", ":"), default=str, ensure_ascii=False)
     direct = _direct
     if direct is not None and direct.takes_all(_log):
-        direct.write_line(line)
+        direct.write_event(line)
     else:
         _log.info(line)
 
@@ -81,6 +81,14 @@ class _LineHandler(logging.Handler):
         view = memoryview((line + "\n").encode("utf-8", "backslashreplace"))
         while view:
             view = view[os.write(self.fd, view):]
+
+    def write_event(self, line: str) -> None:
+        """A mail event's line without a LogRecord; a failed write is handled as ``emit`` handles one
+        (logging's ``handleError``), never raised into the delivery that logged it."""
+        try:
+            self.write_line(line)
+        except Exception:
+            self.handleError(logging.makeLogRecord({"name": _log.name, "msg": line}))
 
     def takes_all(self, logger: logging.Logger) -> bool:
         """Whether an INFO record of ``logger`` would reach this handler alone, formatted as its bare message:

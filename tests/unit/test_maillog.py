@@ -75,3 +75,15 @@ def test_with_another_handler_or_a_filter_events_go_through_logging(
         MAIL.setLevel(logging.NOTSET)
     maillog.event("received", "Q5", size=10)
     assert [line["queue_id"] for line in lines(daemon_log)] == ["Q2", "Q5"]
+
+
+def test_a_failed_write_is_handled_like_logging_handles_one_and_not_raised(
+        daemon_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard error gone (a closed pipe): the event that could not be written does not fail what logged it."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [maillog._direct])
+    handled: list[logging.LogRecord] = []
+    assert maillog._direct is not None
+    monkeypatch.setattr(maillog._direct, "handleError", handled.append)
+    monkeypatch.setattr(maillog._direct, "fd", 987654)  # a descriptor that is not open: EBADF
+    maillog.event("delivered", "Q6", action="maildir")
+    assert [json.loads(r.getMessage())["queue_id"] for r in handled] == ["Q6"]
