@@ -5,9 +5,15 @@ p50/p99 accept latency -- from sending ``MAIL FROM`` to receiving the final
 ``250`` after the DATA terminator -- with the same load client (N concurrent
 connections, each reusing its session for many transactions).
 
-Targets (the default ``--mode all`` runs all five, per size, in one run):
+Targets (the default ``--mode all`` runs all seven, per size, in one run):
 
 * ``bare`` -- ``benchmarks/discard_server.py`` (aiosmtpd, ``handle_DATA`` returns 250);
+* ``bare+checks`` -- the same server running the gateway's checks (as many
+  processes as the gateway has SMTP workers), sent the signed mail below;
+* ``bare+durable`` -- the floor: ``bare+checks`` plus the least durable work
+  of the gateway's local default (journal fdatasync before the 250, one
+  archive file linked into a Maildir, fsynced each second; see
+  ``discard_server.py``). Every accepted message must reach its Maildir;
 * ``gateway`` -- ``python -m sesmail_gateway serve`` with a fresh data dir
   (durable spool, sqlite rules, file archive, maildir catch-all), sent plain
   mail from ``sender.test``, a domain with no auth records: the checks still
@@ -42,7 +48,8 @@ calls per accepted message (``strace -c -f`` attached for that phase only;
 it slows the server, so traced figures are not untraced rates).
 
 ``--mode basic`` runs bare + gateway; ``--mode checks`` (or ``--checks``)
-runs gateway + gateway+checks.  ``--scan rspamd`` runs gateway against
+runs gateway + gateway+checks; ``--mode floor`` runs bare, bare+checks,
+bare+durable and gateway+checks.  ``--scan rspamd`` runs gateway against
 ``gateway+rspamd``: the same gateway with ``scan.rspamd_url`` pointing at a
 private rspamd (Debian's package, started here on a loopback port with the
 test suite's configuration: no network modules, DNS through the stub); after
@@ -54,10 +61,10 @@ the DKIM signature is verified through it before anything is measured.
 Every target is started fresh for each message size, so a delivery backlog
 from one size does not bleed into the next.  Everything talks to 127.0.0.1
 only; subprocesses, Postfix and temp dirs are cleaned up on exit, error,
-Ctrl-C or SIGTERM.  Run::
+Ctrl-C or SIGTERM (the temp dirs stay with ``--keep-scratch``).  Run::
 
-    .venv/bin/python benchmarks/smtp_accept.py [--mode all|basic|checks] [--connections 20]
-        [--sizes 4096,102400] [--messages N] [--workers N] [--json] [--strace]
+    .venv/bin/python benchmarks/smtp_accept.py [--mode all|basic|checks|floor] [--connections 20]
+        [--sizes 4096,102400] [--messages N] [--workers N] [--json] [--strace] [--keep-scratch]
 """
 
 from __future__ import annotations
@@ -121,14 +128,13 @@ MODES = {
     "basic": ("bare", "gateway"),
     "checks": ("gateway", "gateway+checks"),
     "floor": ("bare", "bare+checks", "bare+durable", "gateway+checks"),
-    "prof": ("bare+durable", "gateway+checks"),
 }
 LEGEND = {
     "bare": "aiosmtpd discard server (no spool, no checks)",
     "bare+checks": "aiosmtpd discard server running the gateway's checks only, one process per gateway SMTP worker "
                    "(same signed mail; no spool, no delivery)",
-    "bare+durable": "bare+checks, then each message journaled (fdatasync) before the 250 and delivered into a Maildir "
-                    "and an archive folder, every file fsynced: the least work of the gateway's local default",
+    "bare+durable": "bare+checks, then each message journaled (fdatasync) before the 250, written once into an archive "
+                    "folder and linked into a Maildir, fsynced each second: the least work of the local default",
     "gateway": "gateway, sender domain without auth records (spf/dkim/dmarc = none, NXDOMAIN lookups)",
     "gateway+checks": "gateway, DKIM-signed mail, SPF pass, DMARC p=reject enforced (all must pass)",
     "postfix": "Debian Postfix smtpd -> queue -> discard:, no checks, in_flow_delay {delay} (same signed mail)",
@@ -396,9 +402,9 @@ class DiscardTarget(SubprocessTarget):
 
     With ``checks_dns`` (the ``bare+checks`` row) it first runs the gateway's checks on the
     signed mail: the rate the checks alone allow on this machine. With ``durable`` as well
-    (the ``bare+durable`` row) it then journals each message before the 250 and delivers it
-    into a Maildir and an archive folder, every file fsynced: the least work the gateway's
-    local default does, with nothing else around it.
+    (the ``bare+durable`` row) it then journals each message before the 250, writes it once
+    into an archive folder and links it into a Maildir, fsynced each second: the least work
+    the gateway's local default does, with nothing else around it.
     """
 
     name = "bare"
