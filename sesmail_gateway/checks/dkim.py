@@ -222,9 +222,22 @@ def _relaxed_body(body: bytes) -> bytes:
     return canonical
 
 
+_ORIGINAL_RELAXED_HEADERS = dkim.canonicalization.Relaxed.canonicalize_headers
+_WSP = re.compile(rb"[\t ]+")
+
+
+def _relaxed_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """dkimpy's relaxed header canonicalization (RFC 6376 3.4.2), with the same result: dkimpy calls
+    ``re.sub`` with a pattern string twice per field (a look-up in re's cache each time); here the
+    unfolding is two replaces and the whitespace pattern is compiled once."""
+    return [(name.lower().rstrip(), _WSP.sub(b" ", value.replace(b"\r\n", b"").replace(b"\n", b"")).strip() + b"\r\n")
+            for name, value in headers]
+
+
 dkim.rfc822_parse = _rfc822_parse
 dkim.select_headers = _select_headers
 dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(_relaxed_body)
+dkim.canonicalization.Relaxed.canonicalize_headers = staticmethod(_relaxed_headers)
 
 __all__ = ["ArcResult", "DkimResult", "check_arc", "check_dkim"]
 
