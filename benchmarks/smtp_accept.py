@@ -91,6 +91,7 @@ import postfix_peer
 from _authmail import SENDER_DOMAIN, AuthSetup, AuthSetupError, verify_against_stub
 from _memory import TreeSampler
 from _phase import PhaseMeter, gateway_group
+from _procstat import ProcCpu
 from _report import (
     AuthCounts,
     Commits,
@@ -290,6 +291,8 @@ class Target:
 
     def __init__(self) -> None:
         self.address: Address = (LOOPBACK, 0)
+        self.meter: PhaseMeter | None = None
+        """The server's figures for the measured phase, once ``before_load`` has started it."""
 
     def unavailable(self) -> str:
         """Non-empty when this target cannot run here (it is then reported as skipped, not failed)."""
@@ -301,11 +304,22 @@ class Target:
     async def before_load(self, row: Row) -> None:
         """Hook run after the warm-up, just before the measurement (e.g. start sampling the server)."""
 
+    async def metered(self, row: Row, root: int, group: Callable[[ProcCpu], str], maildir: Path | None = None,
+                      strace: bool = False) -> None:
+        """Start this target's :class:`PhaseMeter` on the process tree under ``root`` (for ``before_load``)."""
+        self.meter = PhaseMeter(root, group, maildir, strace)
+        await self.meter.begin(row)
+
     async def after_load(self, row: Row) -> None:
-        """Hook run after the measurement, before ``stop()``: collect server-side figures into ``row``."""
+        """Hook run after the measurement, before ``stop()``: collect server-side figures into ``row``
+        (here: the meter's, which waits for the Maildir when there is one)."""
+        if self.meter is not None:
+            await self.meter.end(row)
 
     def stop(self) -> None:
-        """Tear the server down and remove anything it left behind."""
+        """Tear the server down and remove anything it left behind (here: detach the meter's strace)."""
+        if self.meter is not None:
+            self.meter.close()
 
     def diagnostics(self) -> str:
         """Return text that helps explain a failure (e.g. the tail of a server log)."""
@@ -363,6 +377,7 @@ class SubprocessTarget(Target):
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after a grace period; the temp dir goes when the run ends."""
+        super().stop()
         if self.proc is not None:
             terminate_group(self.proc, STOP_GRACE)
             self.proc = None
@@ -414,7 +429,6 @@ class DiscardTarget(SubprocessTarget):
         self.checks_dns = checks_dns
         self.processes = processes
         self.durable = durable
-        self.meter: PhaseMeter | None = None
         if checks_dns:
             self.name, self.signed = ("bare+durable" if durable else "bare+checks"), True
 
@@ -429,19 +443,8 @@ class DiscardTarget(SubprocessTarget):
     async def before_load(self, row: Row) -> None:
         """Sample the server's processes (with ``durable``, once the warm-up is in the Maildir)."""
         assert self.proc is not None and self.tmpdir is not None
-        maildir = self.tmpdir / "durable" / "mail" if self.durable else None
-        self.meter = PhaseMeter(self.proc.pid, lambda p: "servers", maildir)
-        await self.meter.begin(row)
-
-    async def after_load(self, row: Row) -> None:
-        """Take the CPU figures; with ``durable``, every accepted message must reach the Maildir first."""
-        if self.meter is not None:
-            await self.meter.end(row)
-
-    def stop(self) -> None:
-        if self.meter is not None:
-            self.meter.close()
-        super().stop()
+        await self.metered(row, self.proc.pid, lambda p: "servers",
+                           self.tmpdir / "durable" / "mail" if self.durable else None)
 
 
 GATEWAY_CONFIG = """\
@@ -484,7 +487,6 @@ class GatewayTarget(SubprocessTarget):
                  strace: bool = False) -> None:
         super().__init__()
         self.strace = strace
-        self.meter: PhaseMeter | None = None
         self.name = "gateway+checks" if signed else "gateway+rspamd" if rspamd_url else "gateway"
         self.rspamd_url = rspamd_url
         self.signed = signed
@@ -505,12 +507,6 @@ class GatewayTarget(SubprocessTarget):
             metrics=f"{LOOPBACK}:{self.metrics_address[1]}", workers=self.workers,
         ) + (f'\n[scan]\nrspamd_url = "{self.rspamd_url}"\n' if self.rspamd_url else ""))
 
-    def stop(self) -> None:
-        """Detach strace if it is still attached, then stop the gateway."""
-        if self.meter is not None:
-            self.meter.close()
-        super().stop()
-
     def command(self) -> list[str]:
         """Run the gateway's ``serve`` subcommand."""
         return [sys.executable, "-m", "sesmail_gateway", "serve", "--config", str(self.config_path)]
@@ -518,14 +514,12 @@ class GatewayTarget(SubprocessTarget):
     async def before_load(self, row: Row) -> None:
         """Once the warm-up is delivered, sample the main process and its workers (and attach strace)."""
         assert self.proc is not None and self.tmpdir is not None
-        self.meter = PhaseMeter(self.proc.pid, gateway_group(self.proc.pid), self.tmpdir / "data" / "mail",
-                                self.strace)
-        await self.meter.begin(row)
+        await self.metered(row, self.proc.pid, gateway_group(self.proc.pid), self.tmpdir / "data" / "mail",
+                           self.strace)
 
     async def after_load(self, row: Row) -> None:
         """Record the auth verdicts; for signed mail, fail the row unless all three checks passed every time."""
-        if self.meter is not None:
-            await self.meter.end(row)
+        await super().after_load(row)
         expected = row.total_accepted
         try:
             row.auth = await settled_auth_counts(self.metrics_address, expected)
@@ -638,7 +632,6 @@ class PostfixTarget(Target):
         self.delivery = delivery
         self.name = "postfix+maildir" if delivery == "maildir" else "postfix"
         self.strace = strace
-        self.meter: PhaseMeter | None = None
 
     def unavailable(self) -> str:
         """Why Postfix cannot run here (not installed, not root), with the install hint."""
@@ -657,18 +650,11 @@ class PostfixTarget(Target):
         """Once the warm-up is delivered, sample every Postfix daemon by name (and attach strace)."""
         assert self.peer is not None and self.peer.master_pid is not None
         maildir = self.peer.maildir if self.delivery == "maildir" else None
-        self.meter = PhaseMeter(self.peer.master_pid, lambda p: p.comm, maildir, self.strace)
-        await self.meter.begin(row)
-
-    async def after_load(self, row: Row) -> None:
-        """With a Maildir, fail the row unless every accepted message reached it; take the figures."""
-        if self.meter is not None:
-            await self.meter.end(row)
+        await self.metered(row, self.peer.master_pid, lambda p: p.comm, maildir, self.strace)
 
     def stop(self) -> None:
         """``postfix stop`` and remove the temp dir."""
-        if self.meter is not None:
-            self.meter.close()
+        super().stop()
         if self.peer is not None:
             self.peer.stop()
             self.peer = None
