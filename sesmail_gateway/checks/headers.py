@@ -25,8 +25,8 @@ class RawField:
     start: int
     end: int
     raw: bytes
-    key: str = ""
-    """The name in lower case, for comparisons (set by :func:`header_fields`)."""
+    key: str
+    """The name in lower case, for comparisons."""
 
     @property
     def value(self) -> bytes:
@@ -36,7 +36,7 @@ class RawField:
 
     def is_named(self, name: str) -> bool:
         """Whether the field has this name (``name`` in lower case)."""
-        return (self.key or self.name.decode("ascii", "replace").lower()) == name
+        return self.key == name
 
 
 def unfold(value: bytes) -> str:
