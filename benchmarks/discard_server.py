@@ -17,10 +17,11 @@ else: the message is appended to this process's journal and fdatasynced
 (one append and one fdatasync for every message that arrived meanwhile)
 before the 250; then the event loop writes it into a dated archive folder
 and links that file into a Maildir (``DIR/mail/PID/new``), as the gateway
-does, each process in folders of its own; every second a thread fsyncs the files written since, then both
-folders (the gateway's checkpoint). No metadata, no logs, no metrics, no
-routing, no inter-process hand-off, no journal deletion: the floor under
-any design of that work on this machine (the ``bare+durable`` row).
+does, each process in folders of its own; every second a thread fsyncs
+the files written since, then both folders (the gateway's checkpoint). No
+metadata, no logs, no metrics, no routing, no inter-process hand-off, no
+journal deletion: the floor under any design of that work on this machine
+(the ``bare+durable`` row).
 
 It listens on 127.0.0.1 only, runs aiosmtpd's ``SMTP`` protocol directly on the
 main event loop (no ``Controller`` thread), and stops cleanly on SIGTERM/SIGINT.
@@ -185,8 +186,8 @@ def main() -> None:
     parser.add_argument("--checks-dns", default="", metavar="HOST:PORT",
                         help="run the gateway's checks on every message, resolving through this DNS server")
     parser.add_argument("--durable", type=Path, metavar="DIR",
-                        help="with --checks-dns: journal each message (fdatasync) before the 250, then deliver it "
-                             "into DIR/mail and DIR/archive, every file fsynced")
+                        help="with --checks-dns: journal each message (fdatasync) before the 250, then write it "
+                             "into DIR/archive and link it into DIR/mail, the files fsynced once a second")
     parser.add_argument("--processes", type=int, default=1,
                         help="server processes sharing the port (SO_REUSEPORT), one per gateway SMTP worker")
     args = parser.parse_args()
